@@ -1,0 +1,60 @@
+"""Async Redis client for application code (redis-py asyncio).
+
+``init_redis()`` opens it (in the API lifespan and in each worker process's startup
+hook), ``get_redis()`` hands it out, ``close_redis()`` closes it; closing twice is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import RedisError
+from redis.asyncio import Redis
+
+from internal.config.setting import setting
+
+__all__ = ["close_redis", "get_redis", "init_redis"]
+
+logger = logging.getLogger(__name__)
+
+_client: Redis | None = None
+
+
+async def init_redis(url: str | None = None) -> Redis:
+    """Connect (or return the open client) and check the server answers PING."""
+    global _client
+    if _client is not None:
+        return _client
+    client = Redis.from_url(
+        url or setting.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+    )
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise RuntimeError(
+            f"Redis at {setting.safe_redis_url if url is None else 'the given URL'} is not "
+            f"answering ({type(exc).__name__}: {exc}); start it or set REDIS_HOST/REDIS_PORT"
+        ) from exc
+    _client = client
+    logger.info("redis: connected to %s", setting.safe_redis_url if url is None else "the given URL")
+    return client
+
+
+def get_redis() -> Redis:
+    """The open client; a clear error if ``init_redis()`` has not run in this process."""
+    if _client is None:
+        raise RuntimeError("Redis is not initialised in this process; call init_redis() first")
+    return _client
+
+
+async def close_redis() -> None:
+    """Close the client; safe to call when it is already closed."""
+    global _client
+    client, _client = _client, None
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,56 @@
+"""A reusable Celery client for FastAPI services: at-least-once delivery on Redis, one
+0 (lowest) .. 9 (highest) priority scale on every broker, a dynamic Redis-backed beat
+schedule (RedBeat), durable revokes and worker lifecycle hooks with a long-lived
+event loop per worker process.
+
+Imports nothing from ``internal/``.
+"""
+
+from ._beat import RedisScheduler, ScheduleEntry
+from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, CeleryClient
+from ._errors import (
+    BrokerUnavailableError,
+    InvalidArgumentsError,
+    InvalidPriorityError,
+    InvalidRequestError,
+    InvalidScheduleError,
+    PeriodicTaskConflictError,
+    PeriodicTaskNotFoundError,
+    ResultTimeoutError,
+    TaskSystemError,
+    UnknownTaskError,
+)
+from ._loop import EventLoopThread, process_loop, run_coroutine
+from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
+from ._task import BaseTask, PermanentError, TransientError
+from ._transport import PriorityRedisTransport
+
+__all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "SCHEDULE_TYPES",
+    "TASK_STATES",
+    "BaseTask",
+    "BrokerUnavailableError",
+    "CeleryClient",
+    "EventLoopThread",
+    "InvalidArgumentsError",
+    "InvalidPriorityError",
+    "InvalidRequestError",
+    "InvalidScheduleError",
+    "PeriodicTaskConflictError",
+    "PeriodicTaskNotFoundError",
+    "PermanentError",
+    "PriorityRedisTransport",
+    "RedisScheduler",
+    "ResultTimeoutError",
+    "ScheduleEntry",
+    "TaskSystemError",
+    "TransientError",
+    "UnknownTaskError",
+    "describe_interval",
+    "describe_schedule",
+    "parse_schedule",
+    "process_loop",
+    "run_coroutine",
+]

@@ -1,0 +1,795 @@
+"""``CeleryClient``: a Celery app configured for at-least-once delivery on Redis, with
+one 0-9 priority scale, a dynamic Redis-backed beat schedule and worker lifecycle hooks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import celery.exceptions
+import kombu.exceptions
+import redis
+from celery import Celery, states
+from celery.canvas import Signature
+from celery.canvas import chain as celery_chain
+from celery.canvas import chord as celery_chord
+from celery.canvas import group as celery_group
+from celery.result import AsyncResult, GroupResult
+from celery.utils.time import maybe_make_aware
+from kombu.utils.json import dumps as _kombu_json_dumps
+from kombu.utils.url import maybe_sanitize_url
+from redbeat.schedulers import ensure_conf, get_redis
+
+from ._beat import ScheduleEntry
+from ._errors import (
+    BrokerUnavailableError,
+    InvalidArgumentsError,
+    InvalidPriorityError,
+    InvalidRequestError,
+    PeriodicTaskConflictError,
+    PeriodicTaskNotFoundError,
+    ResultTimeoutError,
+    UnknownTaskError,
+)
+from ._schedules import describe_schedule, parse_schedule
+from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
+from ._worker import DurableRevokes, UnackedHeartbeat, WorkerHooks, revoke_store_for
+
+__all__ = ["CeleryClient", "MAX_PRIORITY", "MIN_PRIORITY", "TASK_STATES"]
+
+logger = logging.getLogger(__name__)
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+#: States ``get_status`` reports (Celery's own plus ``PROGRESS``).
+TASK_STATES: tuple[str, ...] = (
+    "PENDING",
+    "STARTED",
+    "PROGRESS",
+    "RETRY",
+    "SUCCESS",
+    "FAILURE",
+    "REVOKED",
+)
+
+_REDIS_SCHEMES = ("redis", "rediss")
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+_MAX_TASK_ID_LENGTH = 255
+_MAX_ENTRY_NAME_LENGTH = 200
+
+
+def kombu_json_dumps(value: Any) -> str:
+    """Serialise as Celery's JSON serializer would (datetimes, UUIDs, Decimals allowed)."""
+    return str(_kombu_json_dumps(value))  # type: ignore[no-untyped-call]
+
+
+def _scheme(url: str | None) -> str:
+    return urlsplit(url).scheme if url else ""
+
+
+def _default_conf(
+    *,
+    broker_url: str,
+    backend_url: str | None,
+    state_url: str,
+    task_default_queue: str,
+    timezone: str,
+) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        # JSON only: never pickle on the wire.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # At-least-once: ack after the result is stored, requeue if the process dies,
+        # skip a redelivered task that already succeeded.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_deduplicate_successful_tasks": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": timedelta(days=1),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_connection_timeout": 2.0,
+        # The producer never hangs: a few quick publish retries, then a clear error.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.0,
+            "interval_step": 0.3,
+            "interval_max": 0.5,
+        },
+        "redis_socket_connect_timeout": 2.0,
+        "redis_socket_timeout": 10.0,
+        "task_default_queue": task_default_queue,
+        "task_queue_max_priority": MAX_PRIORITY,
+        "timezone": timezone,
+        "enable_utc": True,
+        # Events on, so Flower and `celery events` see tasks and workers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Pool children run startup hooks (DB/Redis connections) before signalling ready.
+        "worker_proc_alive_timeout": 30.0,
+        # Dynamic schedule in Redis: changes seen within ~1 s; a standby beat takes over
+        # ~25 s after the lock holder dies (RedBeat's default would be 25 minutes).
+        "beat_scheduler": "pkg.celery_task._beat:RedisScheduler",
+        "beat_max_loop_interval": 1.0,
+        "redbeat_redis_url": state_url,
+        "redbeat_redis_options": {},
+        "redbeat_lock_timeout": 25,
+        # State this package keeps in Redis (revokes; see tasksys_* below).
+        "tasksys_redis_url": state_url,
+        "tasksys_key_prefix": "tasksys:",
+        "tasksys_revoke_expires": 3 * 24 * 3600,
+        "tasksys_unacked_heartbeat_interval": 10.0,
+    }
+    if _scheme(broker_url) in _REDIS_SCHEMES:
+        conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
+        conf["broker_transport_options"] = {
+            "priority_steps": PRIORITY_STEPS,
+            # A message a dead worker held is back in the queue within ~visibility
+            # timeout + restore interval; live workers refresh theirs (UnackedHeartbeat).
+            "visibility_timeout": 60,
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+        }
+    return conf
+
+
+def _state_redis_url(broker_url: str, backend_url: str | None) -> str:
+    for url in (backend_url, broker_url):
+        if url and _scheme(url) in _REDIS_SCHEMES:
+            return url
+    raise InvalidRequestError(
+        "a Redis URL is needed for the schedule and revoke store: give a redis:// broker "
+        "or result backend, or pass tasksys_redis_url=...",
+        field="backend_url",
+    )
+
+
+def _available_modules(include: Iterable[str]) -> list[str]:
+    """Keep the modules that exist; skip (with a warning naming it) those that do not."""
+    found = []
+    for name in include:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            logger.warning("task module %r does not exist; skipping it", name)
+            continue
+        found.append(name)
+    return found
+
+
+def _clamp_priority(value: Any) -> int:
+    return max(MIN_PRIORITY, min(MAX_PRIORITY, int(value)))
+
+
+def _normalise_routes(task_routes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Copy routes, clamping route priorities to 0..9 (the seed's 10 means "highest")."""
+    routes: dict[str, Any] = {}
+    for pattern, route in (task_routes or {}).items():
+        if isinstance(route, Mapping):
+            route = dict(route)
+            if route.get("priority") is not None:
+                route["priority"] = _clamp_priority(route["priority"])
+        routes[pattern] = route
+    return routes
+
+
+def check_priority(priority: Any) -> int | None:
+    """Validate a priority on the 0 (lowest) .. 9 (highest) scale."""
+    if priority is None:
+        return None
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (MIN_PRIORITY <= priority <= MAX_PRIORITY)
+    ):
+        raise InvalidPriorityError(
+            f"priority must be an integer from {MIN_PRIORITY} (lowest) to "
+            f"{MAX_PRIORITY} (highest); got {priority!r}",
+            field="priority",
+        )
+    return priority
+
+
+def check_json_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse task arguments that the JSON serializer cannot send, naming the first one."""
+    try:
+        kombu_json_dumps([list(args), dict(kwargs)])
+        return
+    except (TypeError, ValueError):
+        pass
+    for label, value in [
+        *((f"args[{i}]", v) for i, v in enumerate(args)),
+        *((f"kwargs[{k!r}]", v) for k, v in kwargs.items()),
+    ]:
+        try:
+            kombu_json_dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentsError(
+                f"{label} of type {type(value).__name__} cannot be sent as JSON ({exc}); "
+                "pass JSON values (str, int, float, bool, None, list, dict) such as ids",
+                field="args" if label.startswith("args") else "kwargs",
+            ) from exc
+    raise InvalidArgumentsError("task arguments cannot be sent as JSON", field="args")
+
+
+class CeleryClient:
+    """A configured Celery app plus the operations a service needs around it."""
+
+    def __init__(
+        self,
+        app_name: str,
+        broker_url: str,
+        backend_url: str | None = None,
+        include: Sequence[str] = (),
+        task_routes: Mapping[str, Any] | None = None,
+        task_default_queue: str = "default",
+        timezone: str = "Asia/Shanghai",
+        beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        app: Celery | None = None,
+        **extra_conf: Any,
+    ) -> None:
+        self.app_name = app_name
+        self.broker_url = broker_url
+        self.backend_url = backend_url
+        self.include: tuple[str, ...] = tuple(_available_modules(include))
+        self.task_routes = _normalise_routes(task_routes)
+        self.task_default_queue = task_default_queue
+        self.timezone = timezone
+        self.beat_schedule: dict[str, dict[str, Any]] = {
+            name: dict(entry) for name, entry in (beat_schedule or {}).items()
+        }
+        for name, entry in self.beat_schedule.items():
+            check_json_arguments(entry.get("args", ()), entry.get("kwargs", {}))
+            if not entry.get("task"):
+                raise InvalidRequestError(f"static entry {name!r} has no task", field="beat_schedule")
+
+        state_url = extra_conf.pop("tasksys_redis_url", None) or _state_redis_url(broker_url, backend_url)
+        conf = _default_conf(
+            broker_url=broker_url,
+            backend_url=backend_url,
+            state_url=state_url,
+            task_default_queue=task_default_queue,
+            timezone=timezone,
+        )
+        conf.update(task_routes=self.task_routes, beat_schedule=self.beat_schedule)
+        conf.update(extra_conf)
+        if app is None:
+            app = Celery(
+                app_name,
+                broker=broker_url,
+                backend=backend_url,
+                include=list(self.include),
+                task_cls="pkg.celery_task._task:BaseTask",
+            )
+        else:
+            app.conf.update(broker_url=broker_url, result_backend=backend_url, include=list(self.include))
+        app.conf.update(conf)
+        app.steps["consumer"].add(UnackedHeartbeat)
+        app.steps["consumer"].add(DurableRevokes)
+        self.app: Celery = app
+        self._hooks = WorkerHooks(app)
+        self._registry_loaded = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"CeleryClient(app_name={self.app_name!r}, broker_url={maybe_sanitize_url(self.broker_url)!r})"
+
+    # -- task registry ---------------------------------------------------------------
+
+    def load_tasks(self) -> list[str]:
+        """Import the ``include`` modules so task names can be checked before sending.
+        A module that fails to import raises; returns the registered task names."""
+        self.app.loader.import_default_modules()
+        self.app.finalize()
+        self._registry_loaded = True
+        return sorted(name for name in self.app.tasks if not name.startswith("celery."))
+
+    def _check_task_name(self, task_name: Any) -> str:
+        if not isinstance(task_name, str) or not task_name.strip():
+            raise InvalidRequestError(
+                f"task name must be a non-empty string; got {task_name!r}", field="task"
+            )
+        if self._registry_loaded and task_name not in self.app.tasks:
+            known = sorted(n for n in self.app.tasks if not n.startswith("celery."))
+            raise UnknownTaskError(task_name, known=known)
+        return task_name
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _send_options(
+        self,
+        *,
+        task_id: Any,
+        queue: Any,
+        priority: Any,
+        countdown: Any,
+        eta: Any,
+        expires: Any,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        if task_id is not None and (
+            not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_TASK_ID_LENGTH
+        ):
+            raise InvalidRequestError(
+                f"task_id must be a non-empty string of at most {_MAX_TASK_ID_LENGTH} "
+                f"characters; got {task_id!r}",
+                field="task_id",
+            )
+        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+            raise InvalidRequestError(f"queue must be a non-empty string; got {queue!r}", field="queue")
+        check_priority(priority if priority is not None else options.get("priority"))
+        if countdown is not None and eta is not None:
+            raise InvalidRequestError("give countdown or eta, not both", field="countdown")
+        if countdown is not None and (
+            isinstance(countdown, bool)
+            or not isinstance(countdown, int | float)
+            or not math.isfinite(countdown)
+            or countdown < 0
+        ):
+            raise InvalidRequestError(
+                f"countdown must be a number of seconds >= 0; got {countdown!r}", field="countdown"
+            )
+        if eta is not None:
+            if not isinstance(eta, datetime):
+                raise InvalidRequestError(f"eta must be a datetime; got {eta!r}", field="eta")
+            eta = maybe_make_aware(eta, self.app.timezone) if eta.tzinfo is None else eta
+        if expires is not None and not (
+            isinstance(expires, datetime)
+            or (
+                isinstance(expires, int | float)
+                and not isinstance(expires, bool)
+                and math.isfinite(expires)
+                and expires > 0
+            )
+        ):
+            raise InvalidRequestError(
+                f"expires must be a number of seconds > 0 or a datetime; got {expires!r}",
+                field="expires",
+            )
+        if isinstance(expires, datetime) and expires.tzinfo is None:
+            expires = maybe_make_aware(expires, self.app.timezone)
+        sent = dict(options)
+        for key, value in (
+            ("task_id", task_id),
+            ("queue", queue),
+            ("priority", priority),
+            ("countdown", countdown),
+            ("eta", eta),
+            ("expires", expires),
+        ):
+            if value is not None:
+                sent[key] = value
+        return sent
+
+    def submit(
+        self,
+        task_name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send a task by name and return at once. Routes apply unless ``queue`` is
+        given; ``priority`` is 0 (lowest) to 9 (highest) on every broker."""
+        self._check_task_name(task_name)
+        args_list = list(args or ())
+        kwargs_dict = dict(kwargs or {})
+        check_json_arguments(args_list, kwargs_dict)
+        sent = self._send_options(
+            task_id=task_id,
+            queue=queue,
+            priority=priority,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            options=options,
+        )
+        try:
+            return self.app.send_task(task_name, args_list, kwargs_dict, **sent)
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error(f"could not send task {task_name!r}", exc) from exc
+
+    def _broker_error(self, what: str, exc: BaseException) -> BrokerUnavailableError:
+        return BrokerUnavailableError(
+            f"{what}: broker or result backend unreachable at "
+            f"{maybe_sanitize_url(self.broker_url)} ({type(exc).__name__}: {exc})"
+        )
+
+    def signature(
+        self,
+        task_name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """Build a signature by name for :meth:`chain`, :meth:`group` and :meth:`chord`."""
+        self._check_task_name(task_name)
+        args_list = list(args or ())
+        kwargs_dict = dict(kwargs or {})
+        check_json_arguments(args_list, kwargs_dict)
+        check_priority(options.get("priority"))
+        return self.app.signature(task_name, args=args_list, kwargs=kwargs_dict, **options)
+
+    def _signatures(self, signatures: Iterable[Signature | str]) -> list[Signature]:
+        sigs = [self.signature(s) if isinstance(s, str) else s for s in signatures]
+        if not sigs:
+            raise InvalidRequestError("a workflow needs at least one task", field="steps")
+        for sig in sigs:
+            if not isinstance(sig, Signature):
+                raise InvalidRequestError(
+                    f"expected a signature or task name, got {type(sig).__name__}", field="steps"
+                )
+        return sigs
+
+    def chain(self, *signatures: Signature | str, **options: Any) -> AsyncResult:
+        """Run tasks one after another, each getting the previous result; returns the last."""
+        workflow = celery_chain(*self._signatures(signatures), app=self.app)
+        try:
+            return workflow.apply_async(**options)
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not send chain", exc) from exc
+
+    def group(self, *signatures: Signature | str, **options: Any) -> GroupResult:
+        """Run tasks in parallel; the group result is saved so it can be restored by id."""
+        workflow = celery_group(*self._signatures(signatures), app=self.app)
+        try:
+            result = workflow.apply_async(**options)
+            result.save()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not send group", exc) from exc
+        return cast(GroupResult, result)
+
+    def chord(self, header: Iterable[Signature | str], body: Signature | str, **options: Any) -> AsyncResult:
+        """Run ``header`` in parallel, then ``body`` with the list of their results."""
+        (body_sig,) = self._signatures([body])
+        workflow = celery_chord(self._signatures(header), body_sig, app=self.app)
+        try:
+            return workflow.apply_async(**options)
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not send chord", exc) from exc
+
+    # -- results ---------------------------------------------------------------------
+
+    def get_result(self, task_id: str, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Block until the task is ready (or ``timeout`` s pass: :class:`ResultTimeoutError`).
+        With ``propagate=False`` a failed task's exception is returned, not raised."""
+        result = AsyncResult(task_id, app=self.app)
+        try:
+            return result.get(timeout=timeout, propagate=propagate)
+        except celery.exceptions.TimeoutError as exc:
+            raise ResultTimeoutError(task_id, timeout) from exc
+
+    def get_status(self, task_id: str) -> str:
+        """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED."""
+        return _public_state(AsyncResult(task_id, app=self.app).state)
+
+    def get_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """Statuses of many tasks in one round trip to Redis (one MGET)."""
+        ids = list(dict.fromkeys(task_ids))
+        metas = self.get_task_metas(ids)
+        return {task_id: _public_state(meta.get("status")) for task_id, meta in metas.items()}
+
+    def get_task_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored result metadata per id (``{"status": "PENDING"}`` when nothing is stored)."""
+        backend = self.app.backend
+        if not task_ids:
+            return {}
+        client = getattr(backend, "client", None)
+        if client is None or not hasattr(backend, "get_key_for_task"):
+            return {tid: backend.get_task_meta(tid) for tid in task_ids}
+        try:
+            values = client.mget([backend.get_key_for_task(tid) for tid in task_ids])
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not read task states", exc) from exc
+        metas: dict[str, dict[str, Any]] = {}
+        for task_id, raw in zip(task_ids, values, strict=True):
+            metas[task_id] = backend.decode_result(raw) if raw else {"status": states.PENDING}
+        return metas
+
+    def revoke(self, task_id: str, terminate: bool = False, signal: str = "SIGTERM") -> None:
+        """Revoke a task: a queued (or countdown/ETA) task never runs; with
+        ``terminate=True`` a running one is stopped. The revoke is kept in Redis, so
+        workers that start later honour it too."""
+        if not isinstance(task_id, str) or not task_id:
+            raise InvalidRequestError(f"task_id must be a non-empty string; got {task_id!r}", field="task_id")
+        try:
+            revoke_store_for(self.app, self._state_redis()).add([task_id])
+            state = self.app.backend.get_task_meta(task_id).get("status", states.PENDING)
+            if state in (states.PENDING, states.RECEIVED, states.RETRY):
+                self.app.backend.mark_as_revoked(task_id, reason="revoked")
+            self.app.control.revoke(task_id, terminate=terminate, signal=signal)
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error(f"could not revoke {task_id}", exc) from exc
+
+    # -- periodic tasks --------------------------------------------------------------
+
+    def _state_redis(self) -> redis.Redis:
+        return cast(redis.Redis, get_redis(self.app))
+
+    def _entry_key(self, name: str) -> str:
+        return cast(str, ScheduleEntry.generate_key(self.app, name))
+
+    def _static_names(self) -> set[str]:
+        stored = self._state_redis().smembers(ensure_conf(self.app).statics_key)
+        return set(cast(Iterable[str], stored)) | set(self.beat_schedule)
+
+    def add_periodic_task(
+        self,
+        task_name: str,
+        schedule_type: str,
+        schedule_value: Any,
+        *,
+        name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> str:
+        """Create or replace a schedule entry in Redis; a running beat picks it up within
+        about a second. Returns the entry name."""
+        self._check_task_name(task_name)
+        sched = parse_schedule(schedule_type, schedule_value, tz=self.app.timezone, now=self.app.now())
+        args_list = list(args or ())
+        kwargs_dict = dict(kwargs or {})
+        check_json_arguments(args_list, kwargs_dict)
+        opts = dict(options or {})
+        check_priority(opts.get("priority"))
+        if queue is not None:
+            if not isinstance(queue, str) or not queue.strip():
+                raise InvalidRequestError(f"queue must be a non-empty string; got {queue!r}", field="queue")
+            opts["queue"] = queue
+        try:
+            kombu_json_dumps(opts)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentsError(f"options cannot be stored as JSON: {exc}", field="options") from exc
+        if name is None:
+            name = f"{task_name}:{schedule_type}:{describe_schedule(sched, timezone=self.timezone).value}"
+        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_ENTRY_NAME_LENGTH:
+            raise InvalidRequestError(
+                f"name must be a non-empty string of at most {_MAX_ENTRY_NAME_LENGTH} "
+                f"characters; got {name!r}",
+                field="name",
+            )
+        if not isinstance(enabled, bool):
+            raise InvalidRequestError(f"enabled must be true or false; got {enabled!r}", field="enabled")
+        try:
+            if name in self._static_names():
+                raise PeriodicTaskConflictError(
+                    name, "it is a static entry; it can only be enabled or disabled"
+                )
+            ScheduleEntry(
+                name=name,
+                task=task_name,
+                schedule=sched,
+                args=args_list,
+                kwargs=kwargs_dict,
+                options=opts,
+                enabled=enabled,
+                app=self.app,
+            ).save()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not store periodic task", exc) from exc
+        return name
+
+    def remove_periodic_task(self, name: str) -> bool:
+        """Delete an entry; ``False`` if there was none. It never fires again."""
+        try:
+            if name in self._static_names():
+                raise PeriodicTaskConflictError(name, "it is a static entry; disable it instead")
+            client = self._state_redis()
+            key = self._entry_key(name)
+            with client.pipeline() as pipe:
+                pipe.zrem(ensure_conf(self.app).schedule_key, key)
+                pipe.delete(key)
+                removed, deleted = pipe.execute()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not remove periodic task", exc) from exc
+        return bool(removed or deleted)
+
+    def _load_entry(self, name: str) -> ScheduleEntry:
+        try:
+            return cast(ScheduleEntry, ScheduleEntry.from_key(self._entry_key(name), app=self.app))
+        except KeyError:
+            raise PeriodicTaskNotFoundError(name) from None
+
+    def _set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        try:
+            entry = self._load_entry(name)
+            entry.enabled = enabled
+            entry.save()
+            statics = self._static_names()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not update periodic task", exc) from exc
+        return self._describe_entry(entry, statics)
+
+    def enable_periodic_task(self, name: str) -> dict[str, Any]:
+        """Turn an entry back on; it resumes on its schedule."""
+        return self._set_enabled(name, True)
+
+    def disable_periodic_task(self, name: str) -> dict[str, Any]:
+        """Turn an entry off without deleting it; beat stops sending it."""
+        return self._set_enabled(name, False)
+
+    def get_periodic_task(self, name: str) -> dict[str, Any]:
+        """One entry (see :meth:`list_periodic_tasks`), or :class:`PeriodicTaskNotFoundError`."""
+        try:
+            entry = self._load_entry(name)
+            statics = self._static_names()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not read periodic task", exc) from exc
+        return self._describe_entry(entry, statics)
+
+    def list_periodic_tasks(self) -> list[dict[str, Any]]:
+        """Every entry, static and dynamic, sorted by name: name, task, schedule (type,
+        value, description), args, kwargs, queue, options, enabled, last_run_at,
+        next_run_at, total_run_count, static."""
+        conf = ensure_conf(self.app)
+        try:
+            client = self._state_redis()
+            keys = cast(list[str], client.zrange(conf.schedule_key, 0, -1))
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, "definition", "meta")
+                rows = pipe.execute()
+            statics = self._static_names()
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not list periodic tasks", exc) from exc
+        entries = []
+        for definition, meta in rows:
+            if not definition:
+                continue
+            fields = ScheduleEntry.decode_definition(definition)
+            decoded_meta = ScheduleEntry.decode_meta(meta)
+            fields.update(decoded_meta)
+            entry = ScheduleEntry(app=self.app, **fields)
+            entry.last_run_at = decoded_meta.get("last_run_at")
+            entries.append(self._describe_entry(entry, statics))
+        return sorted(entries, key=lambda e: e["name"])
+
+    def _describe_entry(self, entry: ScheduleEntry, statics: set[str]) -> dict[str, Any]:
+        info = describe_schedule(entry.schedule, timezone=self.timezone)
+        next_run = entry.due_at if entry.enabled else None
+        return {
+            "name": entry.name,
+            "task": entry.task,
+            "schedule": {"type": info.type, "value": info.value, "description": info.description},
+            "args": list(entry.args or ()),
+            "kwargs": dict(entry.kwargs or {}),
+            "queue": (entry.options or {}).get("queue"),
+            "options": dict(entry.options or {}),
+            "enabled": bool(entry.enabled),
+            "last_run_at": entry.last_run_at.isoformat() if entry.last_run_at else None,
+            "next_run_at": next_run.isoformat() if next_run else None,
+            "total_run_count": int(entry.total_run_count or 0),
+            "static": entry.name in statics,
+        }
+
+    # -- workers and queues ----------------------------------------------------------
+
+    def register_worker_hooks(self, on_startup: Any = None, on_shutdown: Any = None) -> None:
+        """Register sync or ``async`` callables run in each task-executing worker
+        process: ``on_startup`` before its first task, ``on_shutdown`` on warm shutdown."""
+        self._hooks.register(on_startup, on_shutdown)
+
+    def known_queues(self) -> list[str]:
+        """The default queue and every queue named by a route."""
+        names = {self.task_default_queue}
+        for route in self.task_routes.values():
+            if isinstance(route, Mapping) and isinstance(route.get("queue"), str):
+                names.add(route["queue"])
+        return sorted(names)
+
+    def queue_lengths(self, queues: Iterable[str] | None = None) -> dict[str, int]:
+        """Messages waiting per queue (priority sub-queues summed), not counting
+        messages workers have already reserved."""
+        names = list(queues) if queues is not None else self.known_queues()
+        try:
+            with self.app.connection_for_read() as conn:
+                channel = conn.default_channel
+                if _scheme(self.broker_url) in _REDIS_SCHEMES:
+                    client = channel.client
+                    with client.pipeline(transaction=False) as pipe:
+                        for name in names:
+                            for key in redis_priority_queue_keys(name, channel.sep):
+                                pipe.llen(key)
+                        counts = pipe.execute()
+                    per_queue = len(PRIORITY_STEPS)
+                    return {
+                        name: int(sum(counts[i * per_queue : (i + 1) * per_queue]))
+                        for i, name in enumerate(names)
+                    }
+                lengths = {}
+                for name in names:
+                    try:
+                        lengths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                    except conn.channel_errors:
+                        lengths[name] = 0
+                        channel = conn.channel()
+                return lengths
+        except _BROKER_ERRORS as exc:
+            raise self._broker_error("could not read queue lengths", exc) from exc
+
+    def ping(self, timeout: float = 1.0, *, workers: bool = True) -> dict[str, Any]:
+        """Reachability of broker and result backend (``{ok, latency_ms, error}`` each),
+        and the names of the workers that answered within ``timeout``."""
+        report: dict[str, Any] = {
+            "broker": self._check(self._ping_broker, timeout),
+            "backend": self._check(self._ping_backend, timeout),
+        }
+        if workers:
+            answered: list[str] = []
+            if report["broker"]["ok"]:
+                try:
+                    replies = self.app.control.ping(timeout=timeout) or []
+                    answered = sorted(name for reply in replies for name in reply)
+                except _BROKER_ERRORS as exc:
+                    logger.warning("worker ping failed: %s", exc)
+            report["workers"] = answered
+        return report
+
+    @staticmethod
+    def _check(probe: Any, timeout: float) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            probe(timeout)
+        except Exception as exc:  # a health probe reports any failure, it never raises
+            return {"ok": False, "latency_ms": None, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2), "error": None}
+
+    def _ping_broker(self, timeout: float) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            if _scheme(self.broker_url) in _REDIS_SCHEMES:
+                conn.default_channel.client.ping()
+
+    def _ping_backend(self, timeout: float) -> None:
+        client = getattr(self.app.backend, "client", None)
+        if client is not None:
+            client.ping()
+
+    def close(self) -> None:
+        """Release connections; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.app.close()
+
+
+def _public_state(state: Any) -> str:
+    if state in (states.RECEIVED, None):
+        return str(states.PENDING)
+    if state == states.REJECTED:
+        return str(states.FAILURE)
+    return str(state)

@@ -1,0 +1,96 @@
+"""Exceptions raised by :mod:`pkg.celery_task`.
+
+The tree::
+
+    TaskSystemError
+    ├── InvalidRequestError (also ValueError)    bad input; nothing was written
+    │   ├── InvalidScheduleError                 schedule type/value/time rejected
+    │   ├── UnknownTaskError                     task name not in the loaded registry
+    │   ├── InvalidArgumentsError                args/kwargs not JSON-serialisable
+    │   └── InvalidPriorityError                 priority outside 0..9
+    ├── PeriodicTaskNotFoundError (also KeyError) no entry of that name
+    ├── PeriodicTaskConflictError                the entry is static: disable it, do not delete/replace
+    ├── BrokerUnavailableError                   broker/backend unreachable; nothing half-sent
+    └── ResultTimeoutError (also TimeoutError)   get_result waited longer than asked
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "InvalidArgumentsError",
+    "InvalidPriorityError",
+    "InvalidRequestError",
+    "InvalidScheduleError",
+    "PeriodicTaskConflictError",
+    "PeriodicTaskNotFoundError",
+    "ResultTimeoutError",
+    "TaskSystemError",
+    "UnknownTaskError",
+]
+
+
+class TaskSystemError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidRequestError(TaskSystemError, ValueError):
+    """The caller's input was rejected before anything was sent or stored."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidScheduleError(InvalidRequestError):
+    """A periodic-task schedule (type, value or time) is not acceptable."""
+
+
+class UnknownTaskError(InvalidRequestError):
+    """The task name is not registered in the loaded task registry."""
+
+    def __init__(self, task_name: str, *, known: list[str] | None = None) -> None:
+        hint = f"; registered tasks include: {', '.join(known[:20])}" if known else ""
+        super().__init__(f"unknown task {task_name!r}{hint}", field="task")
+        self.task_name = task_name
+
+
+class InvalidArgumentsError(InvalidRequestError):
+    """Task arguments cannot be sent as JSON."""
+
+
+class InvalidPriorityError(InvalidRequestError):
+    """Priority is not an integer from 0 (lowest) to 9 (highest)."""
+
+
+class PeriodicTaskNotFoundError(TaskSystemError, KeyError):
+    """No periodic task entry has that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"no periodic task named {self.name!r}"
+
+
+class PeriodicTaskConflictError(TaskSystemError):
+    """The entry cannot be changed that way (static entries can only be enabled/disabled)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"periodic task {name!r} cannot be changed: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class BrokerUnavailableError(TaskSystemError):
+    """The broker or result backend could not be reached in the bounded retry window."""
+
+
+class ResultTimeoutError(TaskSystemError, TimeoutError):
+    """The task did not finish within the timeout given to ``get_result``."""
+
+    def __init__(self, task_id: str, timeout: float | None) -> None:
+        super().__init__(f"task {task_id} did not finish within {timeout} s")
+        self.task_id = task_id
+        self.timeout = timeout

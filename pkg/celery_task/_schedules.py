@@ -1,0 +1,181 @@
+"""Parse, validate and describe periodic-task schedules (cron, interval, once).
+
+Schedules become Celery/RedBeat schedule objects so RedBeat can store them in Redis as
+JSON; ``once`` is a one-occurrence RedBeat ``rrule`` (RedBeat's JSON codec knows it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from celery.schedules import crontab, schedule
+from cron_descriptor import ExpressionDescriptor, Options
+from redbeat.schedules import rrule
+
+from ._errors import InvalidScheduleError
+
+ScheduleType = Literal["cron", "interval", "once"]
+SCHEDULE_TYPES: tuple[str, ...] = ("cron", "interval", "once")
+
+#: crontab fields in the order of a 5-field cron string, with their valid ranges.
+CRON_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("minute", 60, 0),
+    ("hour", 24, 0),
+    ("day_of_month", 31, 1),
+    ("month_of_year", 12, 1),
+    ("day_of_week", 7, 0),
+)
+_CRON_FIELD_NAMES = tuple(name for name, _, _ in CRON_FIELDS)
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule as shown to users: its type, a JSON-friendly value, and prose."""
+
+    type: str
+    value: Any
+    description: str
+
+
+def parse_schedule(
+    schedule_type: str, value: Any, *, tz: tzinfo, now: datetime
+) -> schedule | crontab | rrule:
+    """Turn a user's ``(schedule_type, value)`` into a schedule object, or raise
+    :class:`InvalidScheduleError` saying what is wrong and what is accepted."""
+    if schedule_type == "cron":
+        return _parse_cron(value)
+    if schedule_type == "interval":
+        return schedule(run_every=timedelta(seconds=_parse_interval(value)))
+    if schedule_type == "once":
+        return _parse_once(value, tz=tz, now=now)
+    raise InvalidScheduleError(
+        f"unknown schedule type {schedule_type!r}; accepted: {', '.join(SCHEDULE_TYPES)}",
+        field="schedule_type",
+    )
+
+
+def _parse_cron(value: Any) -> crontab:
+    if isinstance(value, str):
+        parts = value.split()
+        if len(parts) != 5:
+            raise InvalidScheduleError(
+                f"cron expression {value!r} has {len(parts)} fields; expected 5 "
+                "(minute hour day-of-month month day-of-week), e.g. '*/15 * * * *'",
+                field="schedule_value",
+            )
+        fields = dict(zip(_CRON_FIELD_NAMES, parts, strict=True))
+    elif isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(_CRON_FIELD_NAMES))
+        if unknown:
+            raise InvalidScheduleError(
+                f"unknown cron field(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(_CRON_FIELD_NAMES)}",
+                field="schedule_value",
+            )
+        fields = {name: str(value.get(name, "*")) for name in _CRON_FIELD_NAMES}
+    else:
+        raise InvalidScheduleError(
+            f"cron schedule must be a 5-field string or a mapping of "
+            f"{', '.join(_CRON_FIELD_NAMES)}; got {type(value).__name__}",
+            field="schedule_value",
+        )
+    for name, max_, min_ in CRON_FIELDS:
+        spec = fields[name]
+        try:
+            expanded = crontab._expand_cronspec(spec, max_, min_)
+        except Exception as exc:  # celery raises ValueError or its ParseException
+            raise InvalidScheduleError(
+                f"invalid cron {name} {spec!r}: {exc}", field="schedule_value"
+            ) from exc
+        if not expanded:
+            raise InvalidScheduleError(f"cron {name} {spec!r} matches nothing", field="schedule_value")
+    return crontab(**fields)
+
+
+def _parse_interval(value: Any) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidScheduleError(
+            f"interval must be a number of seconds or a timedelta; got {type(value).__name__}",
+            field="schedule_value",
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidScheduleError(
+            f"interval must be a positive number of seconds; got {value!r}",
+            field="schedule_value",
+        )
+    return seconds
+
+
+def _parse_once(value: Any, *, tz: tzinfo, now: datetime) -> rrule:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidScheduleError(
+                f"once time {value!r} is not an ISO 8601 datetime", field="schedule_value"
+            ) from exc
+    if not isinstance(value, datetime):
+        raise InvalidScheduleError(
+            f"once schedule needs a datetime; got {type(value).__name__}", field="schedule_value"
+        )
+    when = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+    if when.microsecond:
+        # RedBeat stores whole seconds; round up so it never fires early.
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    if when <= now:
+        raise InvalidScheduleError(
+            f"once time {when.isoformat()} is in the past (now {now.isoformat()}); give a future time",
+            field="schedule_value",
+        )
+    return rrule("SECONDLY", dtstart=when, count=1)
+
+
+def is_once(sched: object) -> bool:
+    """True for the one-occurrence rrule that ``once`` schedules are stored as."""
+    return isinstance(sched, rrule) and sched.count == 1
+
+
+def describe_schedule(sched: object, *, timezone: str) -> ScheduleInfo:
+    """Return the user-facing type, value and a human-readable description."""
+    if isinstance(sched, rrule) and is_once(sched):
+        when = sched.dtstart.astimezone(ZoneInfo(timezone))
+        return ScheduleInfo("once", when.isoformat(), f"once at {when:%Y-%m-%d %H:%M:%S} ({timezone})")
+    if isinstance(sched, crontab):
+        expr = " ".join(str(getattr(sched, f"_orig_{name}")) for name in _CRON_FIELD_NAMES)
+        return ScheduleInfo("cron", expr, f"{_describe_cron(expr)} ({timezone})")
+    if isinstance(sched, schedule):
+        seconds = sched.run_every.total_seconds()
+        return ScheduleInfo("interval", seconds, describe_interval(seconds))
+    return ScheduleInfo(type(sched).__name__, repr(sched), repr(sched))
+
+
+def describe_interval(seconds: float) -> str:
+    """``30`` → "every 30 seconds", ``900`` → "every 15 minutes"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"every {unit}" if count == 1 else f"every {count} {unit}s"
+    if seconds == 1:
+        return "every second"
+    shown = int(seconds) if float(seconds).is_integer() else seconds
+    return f"every {shown} seconds"
+
+
+def _describe_cron(expr: str) -> str:
+    options = Options()
+    options.use_24hour_time_format = True
+    text = str(ExpressionDescriptor(expr, options).get_description())
+    text = text[:1].lower() + text[1:]
+    minute, hour, dom, month, dow = expr.split()
+    if dom == month == dow == "*" and text.startswith("at ") and "," not in text:
+        text += " every day"
+    return text
