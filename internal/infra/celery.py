@@ -10,7 +10,7 @@ from typing import Any
 
 from celery.schedules import crontab
 
-from internal.config.setting import setting
+from internal.config.setting import Settings, setting
 from internal.infra.database import close_db, init_db
 from internal.infra.redis import close_redis, init_redis
 from pkg.celery_task import BrokerUnavailableError, CeleryClient
@@ -19,6 +19,7 @@ __all__ = [
     "CELERY_INCLUDE_MODULES",
     "CELERY_TASK_ROUTES",
     "STATIC_BEAT_SCHEDULE",
+    "build_celery_client",
     "celery_app",
     "celery_client",
     "init_celery",
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 CELERY_INCLUDE_MODULES: list[str] = [
     "internal.tasks.celery.tasks",
     "internal.tasks.apscheduler.tasks",
-    *setting.celery.extra_include_list,
 ]
 
 #: Scheduled tasks go to ``cron_queue``; video transcoding to ``video_queue`` at the
@@ -74,21 +74,28 @@ async def _worker_shutdown() -> None:
             logger.error("closing %s failed: %r", name, result)
 
 
-celery_client = CeleryClient(
-    app_name=setting.app.app_name,
-    broker_url=setting.broker_url,
-    backend_url=setting.result_backend,
-    include=CELERY_INCLUDE_MODULES,
-    task_routes=CELERY_TASK_ROUTES,
-    task_default_queue=setting.celery.default_queue,
-    timezone=setting.app.timezone,
-    beat_schedule=STATIC_BEAT_SCHEDULE,
-    task_soft_time_limit=setting.celery.task_soft_time_limit,
-    task_time_limit=setting.celery.task_time_limit,
-    result_expires=setting.celery.result_expires,
-    tasksys_revoke_expires=setting.celery.revoke_expires,
-)
-celery_client.register_worker_hooks(on_startup=_worker_startup, on_shutdown=_worker_shutdown)
+def build_celery_client(settings: Settings) -> CeleryClient:
+    """The project's client for ``settings``: modules, routes, static schedule, limits."""
+    client = CeleryClient(
+        app_name=settings.app.app_name,
+        broker_url=settings.broker_url,
+        backend_url=settings.result_backend,
+        include=[*CELERY_INCLUDE_MODULES, *settings.celery.extra_include_list],
+        task_routes=CELERY_TASK_ROUTES,
+        task_default_queue=settings.celery.default_queue,
+        timezone=settings.app.timezone,
+        beat_schedule=STATIC_BEAT_SCHEDULE,
+        task_soft_time_limit=settings.celery.task_soft_time_limit,
+        task_time_limit=settings.celery.task_time_limit,
+        result_expires=settings.celery.result_expires,
+        tasksys_revoke_expires=settings.celery.revoke_expires,
+        broker_transport_options={"visibility_timeout": settings.celery.visibility_timeout},
+    )
+    client.register_worker_hooks(on_startup=_worker_startup, on_shutdown=_worker_shutdown)
+    return client
+
+
+celery_client = build_celery_client(setting)
 celery_app = celery_client.app
 
 

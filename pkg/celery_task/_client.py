@@ -277,6 +277,8 @@ class CeleryClient:
             timezone=timezone,
         )
         conf.update(task_routes=self.task_routes, beat_schedule=self.beat_schedule)
+        transport_options = extra_conf.pop("broker_transport_options", None) or {}
+        conf["broker_transport_options"] = {**conf.get("broker_transport_options", {}), **transport_options}
         conf.update(extra_conf)
         if app is None:
             app = Celery(

@@ -1,0 +1,120 @@
+"""Tasks and hooks used by the integration tests; workers load them with
+``CELERY_EXTRA_INCLUDE=tests.support.tasks``. They record what happened in the test's
+Redis database (``TASKSYS_TEST_REDIS_URL``) so tests can check it from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import text
+
+from internal.infra.celery import celery_client
+from internal.infra.database import session_scope
+from internal.infra.redis import get_redis
+from pkg.celery_task import BaseTask, TransientError
+
+app = celery_client.app
+_sync_clients: dict[int, redis.Redis] = {}
+
+
+def test_redis() -> redis.Redis:
+    """A sync client on the test's Redis database, one per process."""
+    pid = os.getpid()
+    if pid not in _sync_clients:
+        _sync_clients[pid] = redis.Redis.from_url(os.environ["TASKSYS_TEST_REDIS_URL"])
+    return _sync_clients[pid]
+
+
+def _event(value: Any) -> str:
+    return json.dumps({"value": value, "t": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
+
+
+@app.task(name="tests.record")
+async def record(key: str, value: Any = None) -> Any:
+    """Append an event to the list ``key`` using the async client the startup hook made."""
+    await get_redis().rpush(key, _event(value))
+    return value
+
+
+@app.task(name="tests.sleep", bind=True)
+def sleep(self: BaseTask, seconds: float, key: str | None = None) -> float:
+    """Sleep in small steps, recording ``started`` / ``finished`` under ``key``."""
+    client = test_redis()
+    if key:
+        client.rpush(key, _event("started"))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    if key:
+        client.rpush(key, _event("finished"))
+    return seconds
+
+
+@app.task(name="tests.flaky", bind=True, retry_backoff=0.2, retry_backoff_max=0.5, max_retries=5)
+def flaky(self: BaseTask, key: str, failures: int) -> int:
+    """Fail with a transient error ``failures`` times, then succeed with the attempt count."""
+    attempt = int(test_redis().incr(key))
+    if attempt <= failures:
+        raise TransientError(f"attempt {attempt} of {failures} planned failures")
+    return attempt
+
+
+@app.task(name="tests.total")
+def total(values: list[float]) -> float:
+    """Sum a list (chord callback)."""
+    return sum(values)
+
+
+@app.task(name="tests.progress", bind=True)
+def progress(self: BaseTask, steps: int, delay: float = 0.2) -> int:
+    """Report PROGRESS for each step."""
+    for step in range(1, steps + 1):
+        self.report_progress(step, steps, f"step {step} of {steps}")
+        time.sleep(delay)
+    return steps
+
+
+@app.task(name="tests.hook_probe")
+async def hook_probe() -> dict[str, Any]:
+    """Show that this process's Redis client and DB engine (made by the startup hook) work
+    on the loop this task runs on."""
+    client = get_redis()
+    pong = await client.ping()
+    async with session_scope() as session:
+        one = (await session.execute(text("SELECT 1"))).scalar_one()
+    return {
+        "pid": os.getpid(),
+        "redis_client": id(client),
+        "loop": id(asyncio.get_running_loop()),
+        "ping": pong,
+        "db": one,
+    }
+
+
+def _hook_dir() -> Path | None:
+    value = os.environ.get("TASKSYS_TEST_HOOK_DIR")
+    return Path(value) if value else None
+
+
+def _test_startup() -> None:
+    if os.environ.get("TASKSYS_TEST_FAIL_STARTUP") == "1":
+        raise RuntimeError("test startup hook was told to fail")
+    directory = _hook_dir()
+    if directory is not None:
+        (directory / f"started-{os.getpid()}").write_text(str(time.time()))
+
+
+async def _test_shutdown() -> None:
+    directory = _hook_dir()
+    if directory is not None:
+        (directory / f"stopped-{os.getpid()}").write_text(str(time.time()))
+
+
+celery_client.register_worker_hooks(on_startup=_test_startup, on_shutdown=_test_shutdown)
