@@ -293,6 +293,7 @@ class CeleryClient:
         app.conf.update(conf)
         app.steps["consumer"].add(UnackedHeartbeat)
         app.steps["consumer"].add(DurableRevokes)
+        ensure_conf(app)  # RedBeat's key names, read once from the conf above
         self.app: Celery = app
         self._hooks = WorkerHooks(app)
         self._registry_loaded = False

@@ -119,7 +119,9 @@ def _queue_keys(stack: Stack, queue: str) -> list[str]:
 
 
 def test_chain_group_chord(stack: Stack, client: CeleryClient) -> None:
-    chained = client.chain(client.signature("math.number_sum", (1, 2)), client.signature("math.number_sum", (10,)))
+    chained = client.chain(
+        client.signature("math.number_sum", (1, 2)), client.signature("math.number_sum", (10,))
+    )
     assert client.get_result(chained.id, timeout=30) == 13
 
     grouped = client.group(*(client.signature("math.number_sum", (i, i)) for i in range(4)))
@@ -182,7 +184,9 @@ def test_progress_is_reported(stack: Stack, client: CeleryClient) -> None:
     result = client.submit("tests.progress", (5, 0.3))
     meta = wait_for(
         lambda: (m := client.get_task_metas([result.id])[result.id]).get("status") == "PROGRESS" and m,
-        timeout=20, interval=0.05, what="PROGRESS state",
+        timeout=20,
+        interval=0.05,
+        what="PROGRESS state",
     )
     assert client.get_status(result.id) in ("PROGRESS", "SUCCESS")
     assert meta["result"]["total"] == 5

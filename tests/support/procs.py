@@ -59,7 +59,11 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.argv, env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                self.argv,
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -126,8 +130,13 @@ class ManagedProcess:
         return self.process.returncode
 
 
-def service_env(db: RedisDb | str, *, database_url: str, extra: Mapping[str, str] | None = None,
-                hook_dir: Path | None = None) -> dict[str, str]:
+def service_env(
+    db: RedisDb | str,
+    *,
+    database_url: str,
+    extra: Mapping[str, str] | None = None,
+    hook_dir: Path | None = None,
+) -> dict[str, str]:
     """Environment for project processes using Redis database ``db`` (or a Redis URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "MYSQL_", "API_"))}
     env.pop("DATABASE_URL", None)
@@ -149,13 +158,36 @@ def service_env(db: RedisDb | str, *, database_url: str, extra: Mapping[str, str
     return env
 
 
-def worker_argv(*, queues: Iterable[str], hostname: str, concurrency: int = 2, pool: str = "prefork",
-                loglevel: str = "info", extra: Iterable[str] = ()) -> list[str]:
+def worker_argv(
+    *,
+    queues: Iterable[str],
+    hostname: str,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    loglevel: str = "info",
+    extra: Iterable[str] = (),
+) -> list[str]:
     """``celery -A internal.infra.celery.celery_app worker`` as the README runs it."""
     return [
-        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "-l", loglevel,
-        "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-n", hostname,
-        "--without-mingle", "--without-gossip", *extra,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "-l",
+        loglevel,
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-n",
+        hostname,
+        "--without-mingle",
+        "--without-gossip",
+        *extra,
     ]
 
 
@@ -183,6 +215,9 @@ def migrate(database_url: str) -> None:
     """Run ``alembic upgrade head`` on ``database_url``."""
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO_ROOT, env=env, check=True,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
         capture_output=True,
     )

@@ -50,15 +50,17 @@ def require_service(name: str, port: int, how: str) -> None:
 def require_redis() -> None:
     """The shared Redis must answer."""
     require_service(
-        "Redis", REDIS_PORT,
+        "Redis",
+        REDIS_PORT,
         'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
     )
 
 
 def require_mariadb() -> None:
     """The shared MariaDB must answer."""
-    require_service("MariaDB", MARIADB_PORT, "start-stop-daemon --start --oknodo --background "
-                    "--exec /usr/sbin/mariadbd")
+    require_service(
+        "MariaDB", MARIADB_PORT, "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+    )
 
 
 def require_rabbitmq() -> None:
@@ -140,10 +142,21 @@ class PrivateRedis:
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         args = [
-            redis_server_binary(), "--bind", HOST, "--port", str(self.port),
-            "--dir", str(self.directory), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--daemonize", "no",
+            redis_server_binary(),
+            "--bind",
+            HOST,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
         ]
         if self.password:
             args += ["--requirepass", self.password]

@@ -37,8 +37,11 @@ def _event(value: Any) -> str:
 
 
 @app.task(name="tests.record")
-async def record(key: str, value: Any = None) -> Any:
-    """Append an event to the list ``key`` using the async client the startup hook made."""
+async def record(key: str, value: Any = None, delay: float = 0.0) -> Any:
+    """Append an event to the list ``key`` using the async client the startup hook made,
+    after ``delay`` seconds of (non-blocking) work."""
+    if delay:
+        await asyncio.sleep(delay)
     await get_redis().rpush(key, _event(value))
     return value
 
