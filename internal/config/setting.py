@@ -157,11 +157,14 @@ class CelerySettings(BaseSettings):
 
 
 class ApiSettings(BaseSettings):
-    """HTTP API: ``API_TOKEN`` (bearer auth when set) and request limits."""
+    """HTTP API: ``API_TOKEN`` (bearer auth when set), ``API_HOST``/``API_PORT`` for the
+    local runner, and request limits."""
 
     model_config = _config("API_")
 
     token: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: Port = 8000
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
     @field_validator("token")
