@@ -8,7 +8,8 @@ import importlib.util
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -68,6 +69,8 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+#: Bounded retries for producers: about one second in all, then a clear error.
+_PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
 _MAX_TASK_ID_LENGTH = 255
 _MAX_ENTRY_NAME_LENGTH = 200
 
@@ -110,12 +113,10 @@ def _default_conf(
         "broker_connection_max_retries": None,
         "broker_connection_timeout": 2.0,
         # The producer never hangs: a few quick publish retries, then a clear error.
-        "task_publish_retry_policy": {
-            "max_retries": 2,
-            "interval_start": 0.0,
-            "interval_step": 0.3,
-            "interval_max": 0.5,
-        },
+        "task_publish_retry_policy": dict(_PRODUCER_RETRY_POLICY),
+        # Result backend calls made while sending (the result-channel SUBSCRIBE) retry
+        # briefly too; Celery's default is 20 retries a second apart.
+        "result_backend_transport_options": {"retry_policy": dict(_PRODUCER_RETRY_POLICY)},
         "redis_socket_connect_timeout": 2.0,
         "redis_socket_timeout": 10.0,
         "task_default_queue": task_default_queue,
@@ -418,10 +419,22 @@ class CeleryClient:
             expires=expires,
             options=options,
         )
-        try:
+        with self._unreachable(f"could not send task {task_name!r}"):
             return self.app.send_task(task_name, args_list, kwargs_dict, **sent)
+
+    @contextmanager
+    def _unreachable(self, what: str) -> Iterator[None]:
+        """Turn "cannot reach the broker/backend" into :class:`BrokerUnavailableError`."""
+        try:
+            yield
         except _BROKER_ERRORS as exc:
-            raise self._broker_error(f"could not send task {task_name!r}", exc) from exc
+            raise self._broker_error(what, exc) from exc
+        except RuntimeError as exc:
+            # Celery's result consumer gives up with a RuntimeError caused by the
+            # connection error; the next call reconnects, so this is not fatal.
+            if isinstance(exc.__cause__, _BROKER_ERRORS):
+                raise self._broker_error(what, exc.__cause__) from exc
+            raise
 
     def _broker_error(self, what: str, exc: BaseException) -> BrokerUnavailableError:
         return BrokerUnavailableError(
@@ -458,29 +471,23 @@ class CeleryClient:
     def chain(self, *signatures: Signature | str, **options: Any) -> AsyncResult:
         """Run tasks one after another, each getting the previous result; returns the last."""
         workflow = celery_chain(*self._signatures(signatures), app=self.app)
-        try:
+        with self._unreachable("could not send chain"):
             return workflow.apply_async(**options)
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not send chain", exc) from exc
 
     def group(self, *signatures: Signature | str, **options: Any) -> GroupResult:
         """Run tasks in parallel; the group result is saved so it can be restored by id."""
         workflow = celery_group(*self._signatures(signatures), app=self.app)
-        try:
+        with self._unreachable("could not send group"):
             result = workflow.apply_async(**options)
             result.save()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not send group", exc) from exc
         return cast(GroupResult, result)
 
     def chord(self, header: Iterable[Signature | str], body: Signature | str, **options: Any) -> AsyncResult:
         """Run ``header`` in parallel, then ``body`` with the list of their results."""
         (body_sig,) = self._signatures([body])
         workflow = celery_chord(self._signatures(header), body_sig, app=self.app)
-        try:
+        with self._unreachable("could not send chord"):
             return workflow.apply_async(**options)
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not send chord", exc) from exc
 
     # -- results ---------------------------------------------------------------------
 
@@ -511,10 +518,8 @@ class CeleryClient:
         client = getattr(backend, "client", None)
         if client is None or not hasattr(backend, "get_key_for_task"):
             return {tid: backend.get_task_meta(tid) for tid in task_ids}
-        try:
+        with self._unreachable("could not read task states"):
             values = client.mget([backend.get_key_for_task(tid) for tid in task_ids])
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not read task states", exc) from exc
         metas: dict[str, dict[str, Any]] = {}
         for task_id, raw in zip(task_ids, values, strict=True):
             metas[task_id] = backend.decode_result(raw) if raw else {"status": states.PENDING}
@@ -526,14 +531,12 @@ class CeleryClient:
         workers that start later honour it too."""
         if not isinstance(task_id, str) or not task_id:
             raise InvalidRequestError(f"task_id must be a non-empty string; got {task_id!r}", field="task_id")
-        try:
+        with self._unreachable(f"could not revoke {task_id}"):
             revoke_store_for(self.app, self._state_redis()).add([task_id])
             state = self.app.backend.get_task_meta(task_id).get("status", states.PENDING)
             if state in (states.PENDING, states.RECEIVED, states.RETRY):
                 self.app.backend.mark_as_revoked(task_id, reason="revoked")
             self.app.control.revoke(task_id, terminate=terminate, signal=signal)
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error(f"could not revoke {task_id}", exc) from exc
 
     # -- periodic tasks --------------------------------------------------------------
 
@@ -587,7 +590,7 @@ class CeleryClient:
             )
         if not isinstance(enabled, bool):
             raise InvalidRequestError(f"enabled must be true or false; got {enabled!r}", field="enabled")
-        try:
+        with self._unreachable("could not store periodic task"):
             if name in self._static_names():
                 raise PeriodicTaskConflictError(
                     name, "it is a static entry; it can only be enabled or disabled"
@@ -602,13 +605,11 @@ class CeleryClient:
                 enabled=enabled,
                 app=self.app,
             ).save()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not store periodic task", exc) from exc
         return name
 
     def remove_periodic_task(self, name: str) -> bool:
         """Delete an entry; ``False`` if there was none. It never fires again."""
-        try:
+        with self._unreachable("could not remove periodic task"):
             if name in self._static_names():
                 raise PeriodicTaskConflictError(name, "it is a static entry; disable it instead")
             client = self._state_redis()
@@ -617,8 +618,6 @@ class CeleryClient:
                 pipe.zrem(ensure_conf(self.app).schedule_key, key)
                 pipe.delete(key)
                 removed, deleted = pipe.execute()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not remove periodic task", exc) from exc
         return bool(removed or deleted)
 
     def _load_entry(self, name: str) -> ScheduleEntry:
@@ -628,13 +627,11 @@ class CeleryClient:
             raise PeriodicTaskNotFoundError(name) from None
 
     def _set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
-        try:
+        with self._unreachable("could not update periodic task"):
             entry = self._load_entry(name)
             entry.enabled = enabled
             entry.save()
             statics = self._static_names()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not update periodic task", exc) from exc
         return self._describe_entry(entry, statics)
 
     def enable_periodic_task(self, name: str) -> dict[str, Any]:
@@ -647,11 +644,9 @@ class CeleryClient:
 
     def get_periodic_task(self, name: str) -> dict[str, Any]:
         """One entry (see :meth:`list_periodic_tasks`), or :class:`PeriodicTaskNotFoundError`."""
-        try:
+        with self._unreachable("could not read periodic task"):
             entry = self._load_entry(name)
             statics = self._static_names()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not read periodic task", exc) from exc
         return self._describe_entry(entry, statics)
 
     def list_periodic_tasks(self) -> list[dict[str, Any]]:
@@ -659,7 +654,7 @@ class CeleryClient:
         value, description), args, kwargs, queue, options, enabled, last_run_at,
         next_run_at, total_run_count, static."""
         conf = ensure_conf(self.app)
-        try:
+        with self._unreachable("could not list periodic tasks"):
             client = self._state_redis()
             keys = cast(list[str], client.zrange(conf.schedule_key, 0, -1))
             with client.pipeline(transaction=False) as pipe:
@@ -667,8 +662,6 @@ class CeleryClient:
                     pipe.hmget(key, "definition", "meta")
                 rows = pipe.execute()
             statics = self._static_names()
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not list periodic tasks", exc) from exc
         entries = []
         for definition, meta in rows:
             if not definition:
@@ -718,31 +711,28 @@ class CeleryClient:
         """Messages waiting per queue (priority sub-queues summed), not counting
         messages workers have already reserved."""
         names = list(queues) if queues is not None else self.known_queues()
-        try:
-            with self.app.connection_for_read() as conn:
-                channel = conn.default_channel
-                if _scheme(self.broker_url) in _REDIS_SCHEMES:
-                    client = channel.client
-                    with client.pipeline(transaction=False) as pipe:
-                        for name in names:
-                            for key in redis_priority_queue_keys(name, channel.sep):
-                                pipe.llen(key)
-                        counts = pipe.execute()
-                    per_queue = len(PRIORITY_STEPS)
-                    return {
-                        name: int(sum(counts[i * per_queue : (i + 1) * per_queue]))
-                        for i, name in enumerate(names)
-                    }
-                lengths = {}
-                for name in names:
-                    try:
-                        lengths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
-                    except conn.channel_errors:
-                        lengths[name] = 0
-                        channel = conn.channel()
-                return lengths
-        except _BROKER_ERRORS as exc:
-            raise self._broker_error("could not read queue lengths", exc) from exc
+        with self._unreachable("could not read queue lengths"), self.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            if _scheme(self.broker_url) in _REDIS_SCHEMES:
+                client = channel.client
+                with client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        for key in redis_priority_queue_keys(name, channel.sep):
+                            pipe.llen(key)
+                    counts = pipe.execute()
+                per_queue = len(PRIORITY_STEPS)
+                return {
+                    name: int(sum(counts[i * per_queue : (i + 1) * per_queue]))
+                    for i, name in enumerate(names)
+                }
+            lengths = {}
+            for name in names:
+                try:
+                    lengths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                except conn.channel_errors:
+                    lengths[name] = 0
+                    channel = conn.channel()
+            return lengths
 
     def ping(self, timeout: float = 1.0, *, workers: bool = True) -> dict[str, Any]:
         """Reachability of broker and result backend (``{ok, latency_ms, error}`` each),

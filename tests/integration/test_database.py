@@ -50,8 +50,11 @@ def mariadb_url(unique: str) -> Iterator[str]:
 def test_record_queue_lengths_writes_samples(
     backend: str, redis_db: RedisDb, session_tmp, unique: str, request: pytest.FixtureRequest
 ) -> None:
-    url = (request.getfixturevalue("mariadb_url") if backend == "mariadb"
-           else f"sqlite+aiosqlite:///{session_tmp}/samples-{unique}.db")
+    url = (
+        request.getfixturevalue("mariadb_url")
+        if backend == "mariadb"
+        else f"sqlite+aiosqlite:///{session_tmp}/samples-{unique}.db"
+    )
     migrate(url)
     env = service_env(redis_db, database_url=url)
     settings = load_settings(env_file=None)

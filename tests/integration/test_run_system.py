@@ -30,8 +30,12 @@ def test_run_starts_embedded_redis_api_worker_beat_and_ctrl_c_stops_all(session_
     require_redis()  # only to be sure the machine is set up; the runner starts its own
     redis_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_", "API_"))}
-    env.update(REDIS_PORT=str(redis_port), API_PORT=str(api_port), CELERY_CONCURRENCY="2",
-               DATABASE_URL=f"sqlite+aiosqlite:///{session_tmp}/run-system.db")
+    env.update(
+        REDIS_PORT=str(redis_port),
+        API_PORT=str(api_port),
+        CELERY_CONCURRENCY="2",
+        DATABASE_URL=f"sqlite+aiosqlite:///{session_tmp}/run-system.db",
+    )
     runner = ManagedProcess("run-system", [str(REPO_ROOT / "scripts" / "run")], env, session_tmp / "run")
     runner.start()
     try:
