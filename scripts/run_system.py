@@ -39,8 +39,14 @@ class Child:
     def start(self, lock: threading.Lock) -> None:
         """Start it and copy its output, prefixed with its name, to our stdout."""
         self.process = subprocess.Popen(
-            self.argv, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True,
+            self.argv,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
         threading.Thread(target=self._pump, args=(self.process, lock), daemon=True).start()
         say(f"{self.name} started (pid {self.process.pid})")
@@ -123,9 +129,21 @@ def start_embedded_redis(url: str) -> subprocess.Popen[bytes]:
     data_dir = VAR_DIR / "redis" / str(port)
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-        "--appendonly", "yes", "--save", "", "--daemonize", "no",
-        "--logfile", str(data_dir / "redis.log"),
+        redis_server_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
     if parts.password:
         argv += ["--requirepass", parts.password]
@@ -159,8 +177,11 @@ def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Chi
     return [
         Child("api", [python, "-m", "uvicorn", "main:app", "--host", host, "--port", str(port)], env),
         Child("worker", [python, "scripts/run_celery_worker.py", "--queues", queues], env),
-        Child("beat", [python, "-m", "celery", "-A", "internal.infra.celery.celery_app", "beat",
-                       "-l", "info"], env),
+        Child(
+            "beat",
+            [python, "-m", "celery", "-A", "internal.infra.celery.celery_app", "beat", "-l", "info"],
+            env,
+        ),
     ]
 
 
@@ -213,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--queues", default="default,cron_queue,video_queue", help="queues the worker consumes"
     )
-    parser.add_argument("--shutdown-timeout", type=float, default=60.0,
-                        help="seconds to wait for a graceful stop before killing")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a graceful stop before killing",
+    )
     args = parser.parse_args(argv)
 
     VAR_DIR.mkdir(exist_ok=True)

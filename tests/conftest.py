@@ -5,12 +5,14 @@ application's ``celery_client`` in tests talks to that database only."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.services import RedisDb, port_open, require_redis, reserve_redis_db
@@ -117,3 +119,47 @@ def client(session_db: RedisDb):  # type: ignore[no-untyped-def]
 
     celery_client.load_tasks()
     return celery_client
+
+
+API_TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class Api:
+    """A real ``uvicorn main:app`` process on the session stack, with ``API_TOKEN`` set."""
+
+    base_url: str
+    http: httpx.Client
+    log_path: Path
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack, session_tmp: Path) -> Iterator[Api]:
+    """The HTTP API, started the way the README runs it, with bearer auth on."""
+    from tests.support.procs import ManagedProcess, wait_for
+    from tests.support.services import free_port
+
+    port = free_port()
+    env = {**stack.env, "API_TOKEN": API_TOKEN}
+    argv = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    proc = ManagedProcess("api", argv, env, session_tmp / "api").start()
+    base_url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(base_url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            if not proc.alive():
+                raise AssertionError(f"uvicorn exited:\n{proc.log()[-3000:]}") from None
+            return False
+
+    wait_for(healthy, timeout=60, what="the API to answer /healthz")
+    http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=30)
+    try:
+        yield Api(base_url=base_url, http=http, log_path=proc.log_path)
+    finally:
+        http.close()
+        proc.stop()

@@ -28,8 +28,9 @@ _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
 
-async def init_db(url: str | None = None) -> AsyncEngine:
-    """Create the engine (or return the open one) and run ``SELECT 1``."""
+async def init_db(url: str | None = None, *, verify: bool = True) -> AsyncEngine:
+    """Create the engine (or return the open one) and run ``SELECT 1``. With
+    ``verify=False`` a failed check is only logged; the pool reconnects later."""
     global _engine, _sessionmaker
     if _engine is not None:
         return _engine
@@ -43,14 +44,18 @@ async def init_db(url: str | None = None) -> AsyncEngine:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError) as exc:
-        await engine.dispose()
-        raise RuntimeError(
+        problem = (
             f"database at {safe_url} is not answering ({type(exc).__name__}); check "
             "DATABASE_URL or MYSQL_HOST/MYSQL_PORT/MYSQL_USER/MYSQL_DB"
-        ) from exc
+        )
+        if verify:
+            await engine.dispose()
+            raise RuntimeError(problem) from exc
+        logger.error("database: %s", problem)
+    else:
+        logger.info("database: connected to %s", safe_url)
     _engine = engine
     _sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-    logger.info("database: connected to %s", safe_url)
     return engine
 
 

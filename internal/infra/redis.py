@@ -20,8 +20,10 @@ logger = logging.getLogger(__name__)
 _client: Redis | None = None
 
 
-async def init_redis(url: str | None = None) -> Redis:
-    """Connect (or return the open client) and check the server answers PING."""
+async def init_redis(url: str | None = None, *, verify: bool = True) -> Redis:
+    """Create the client (or return the open one) and check the server answers PING.
+    With ``verify=False`` a failed check is only logged: the client reconnects by itself
+    once Redis is back (the API starts anyway; /readyz reports it)."""
     global _client
     if _client is not None:
         return _client
@@ -32,16 +34,21 @@ async def init_redis(url: str | None = None) -> Redis:
         socket_timeout=10,
         health_check_interval=30,
     )
+    where = setting.safe_redis_url if url is None else "the given URL"
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise RuntimeError(
-            f"Redis at {setting.safe_redis_url if url is None else 'the given URL'} is not "
-            f"answering ({type(exc).__name__}: {exc}); start it or set REDIS_HOST/REDIS_PORT"
-        ) from exc
+        problem = (
+            f"Redis at {where} is not answering ({type(exc).__name__}: {exc}); "
+            "start it or set REDIS_HOST/REDIS_PORT"
+        )
+        if verify:
+            await client.aclose()
+            raise RuntimeError(problem) from exc
+        logger.error("redis: %s", problem)
+    else:
+        logger.info("redis: connected to %s", where)
     _client = client
-    logger.info("redis: connected to %s", setting.safe_redis_url if url is None else "the given URL")
     return client
 
 

@@ -292,6 +292,12 @@ class CeleryClient:
         else:
             app.conf.update(broker_url=broker_url, result_backend=backend_url, include=list(self.include))
         app.conf.update(conf)
+        # Redis results also record start time and runtime (TimedRedisBackend).
+        app.loader.override_backends = {
+            **app.loader.override_backends,
+            "redis": "pkg.celery_task._backend:TimedRedisBackend",
+            "rediss": "pkg.celery_task._backend:TimedRedisBackend",
+        }
         app.steps["consumer"].add(UnackedHeartbeat)
         app.steps["consumer"].add(DurableRevokes)
         ensure_conf(app)  # RedBeat's key names, read once from the conf above
@@ -312,6 +318,32 @@ class CeleryClient:
         self.app.finalize()
         self._registry_loaded = True
         return sorted(name for name in self.app.tasks if not name.startswith("celery."))
+
+    def public_tasks(self) -> list[str]:
+        """Tasks marked ``public=True`` in code: the ones outside callers (the HTTP API)
+        may submit or schedule. Celery's own ``celery.*`` tasks never are."""
+        return sorted(
+            name
+            for name, task in self.app.tasks.items()
+            if getattr(task, "public", False) is True and not name.startswith("celery.")
+        )
+
+    def is_public(self, task_name: str) -> bool:
+        """True if ``task_name`` is registered and marked public."""
+        task = self.app.tasks.get(task_name)
+        return (
+            task is not None
+            and getattr(task, "public", False) is True
+            and not task_name.startswith("celery.")
+        )
+
+    def resolve_queue(self, task_name: str, queue: str | None = None) -> str:
+        """The queue a task would be sent to: ``queue`` if given, else its route."""
+        if queue:
+            return queue
+        options = self.app.amqp.router.route({}, task_name)
+        target = options.get("queue")
+        return str(getattr(target, "name", target) or self.task_default_queue)
 
     def _check_task_name(self, task_name: Any) -> str:
         if not isinstance(task_name, str) or not task_name.strip():
@@ -562,9 +594,11 @@ class CeleryClient:
         queue: str | None = None,
         options: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        replace: bool = True,
     ) -> str:
         """Create or replace a schedule entry in Redis; a running beat picks it up within
-        about a second. Returns the entry name."""
+        about a second. With ``replace=False`` an existing entry is a conflict. Returns
+        the entry name; the run history of a replaced entry is kept."""
         self._check_task_name(task_name)
         sched = parse_schedule(schedule_type, schedule_value, tz=self.app.timezone, now=self.app.now())
         args_list = list(args or ())
@@ -595,6 +629,8 @@ class CeleryClient:
                 raise PeriodicTaskConflictError(
                     name, "it is a static entry; it can only be enabled or disabled"
                 )
+            if not replace and self._state_redis().exists(self._entry_key(name)):
+                raise PeriodicTaskConflictError(name, "an entry of that name exists; update it instead")
             ScheduleEntry(
                 name=name,
                 task=task_name,
@@ -711,7 +747,7 @@ class CeleryClient:
         """Messages waiting per queue (priority sub-queues summed), not counting
         messages workers have already reserved."""
         names = list(queues) if queues is not None else self.known_queues()
-        with self._unreachable("could not read queue lengths"), self.app.connection_for_read() as conn:
+        with self._unreachable("could not read queue lengths"), self._broker_connection() as conn:
             channel = conn.default_channel
             if _scheme(self.broker_url) in _REDIS_SCHEMES:
                 client = channel.client
@@ -733,6 +769,14 @@ class CeleryClient:
                     lengths[name] = 0
                     channel = conn.channel()
             return lengths
+
+    @contextmanager
+    def _broker_connection(self, timeout: float = 2.0) -> Iterator[Any]:
+        """A broker connection that is established once, quickly, or fails (kombu's own
+        retry loop would wait ``broker_connection_timeout`` first)."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
+            yield conn
 
     def ping(self, timeout: float = 1.0, *, workers: bool = True) -> dict[str, Any]:
         """Reachability of broker and result backend (``{ok, latency_ms, error}`` each),
@@ -762,8 +806,7 @@ class CeleryClient:
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2), "error": None}
 
     def _ping_broker(self, timeout: float) -> None:
-        with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+        with self._broker_connection(timeout) as conn:
             if _scheme(self.broker_url) in _REDIS_SCHEMES:
                 conn.default_channel.client.ping()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import time
 from typing import Any, ClassVar
 
 import celery
@@ -57,6 +58,7 @@ class BaseTask(celery.Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The worker's tracer has already pushed this request's context; not calling
         # celery.Task.__call__ keeps it (that one would push a context without the id).
+        self.request.started_at = time.time()
         try:
             result = self.run(*args, **kwargs)
             if inspect.isawaitable(result):

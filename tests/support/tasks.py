@@ -36,7 +36,7 @@ def _event(value: Any) -> str:
     return json.dumps({"value": value, "t": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
 
 
-@app.task(name="tests.record")
+@app.task(name="tests.record", public=True)
 async def record(key: str, value: Any = None, delay: float = 0.0) -> Any:
     """Append an event to the list ``key`` using the async client the startup hook made,
     after ``delay`` seconds of (non-blocking) work."""
@@ -46,7 +46,7 @@ async def record(key: str, value: Any = None, delay: float = 0.0) -> Any:
     return value
 
 
-@app.task(name="tests.sleep", bind=True)
+@app.task(name="tests.sleep", bind=True, public=True)
 def sleep(self: BaseTask, seconds: float, key: str | None = None) -> float:
     """Sleep in small steps, recording ``started`` / ``finished`` under ``key``."""
     client = test_redis()
@@ -60,7 +60,7 @@ def sleep(self: BaseTask, seconds: float, key: str | None = None) -> float:
     return seconds
 
 
-@app.task(name="tests.flaky", bind=True, retry_backoff=0.2, retry_backoff_max=0.5, max_retries=5)
+@app.task(name="tests.flaky", bind=True, public=True, retry_backoff=0.2, retry_backoff_max=0.5, max_retries=5)
 def flaky(self: BaseTask, key: str, failures: int) -> int:
     """Fail with a transient error ``failures`` times, then succeed with the attempt count."""
     attempt = int(test_redis().incr(key))
@@ -69,13 +69,13 @@ def flaky(self: BaseTask, key: str, failures: int) -> int:
     return attempt
 
 
-@app.task(name="tests.total")
+@app.task(name="tests.total", public=True)
 def total(values: list[float]) -> float:
     """Sum a list (chord callback)."""
     return sum(values)
 
 
-@app.task(name="tests.progress", bind=True)
+@app.task(name="tests.progress", bind=True, public=True)
 def progress(self: BaseTask, steps: int, delay: float = 0.2) -> int:
     """Report PROGRESS for each step."""
     for step in range(1, steps + 1):
@@ -84,7 +84,7 @@ def progress(self: BaseTask, steps: int, delay: float = 0.2) -> int:
     return steps
 
 
-@app.task(name="tests.hook_probe")
+@app.task(name="tests.hook_probe", public=True)
 async def hook_probe() -> dict[str, Any]:
     """Show that this process's Redis client and DB engine (made by the startup hook) work
     on the loop this task runs on."""
@@ -99,6 +99,12 @@ async def hook_probe() -> dict[str, Any]:
         "ping": pong,
         "db": one,
     }
+
+
+@app.task(name="tests.internal_only")
+def internal_only() -> str:
+    """Not marked public: the HTTP API must refuse it."""
+    return "should never run from the API"
 
 
 def _hook_dir() -> Path | None:

@@ -18,7 +18,7 @@ __all__ = ["LATEST_QUEUE_LENGTHS_KEY", "record_queue_lengths"]
 LATEST_QUEUE_LENGTHS_KEY = "tasksys:queue_lengths:latest"
 
 
-@celery_client.app.task(name="internal.aps_tasks.record_queue_lengths", base=AppTask)
+@celery_client.app.task(name="internal.aps_tasks.record_queue_lengths", base=AppTask, public=True)
 async def record_queue_lengths() -> dict[str, int]:
     """Sample every known queue's length into the database and the latest into Redis."""
     lengths = await asyncio.to_thread(celery_client.queue_lengths)

@@ -17,7 +17,9 @@ def _number(name: str, value: object) -> int | float:
     return value  # type: ignore[return-value]
 
 
-@celery_client.app.task(bind=True, name="math.number_sum", base=AppTask, max_retries=3, retry_countdown=5)
+@celery_client.app.task(
+    bind=True, name="math.number_sum", base=AppTask, max_retries=3, retry_countdown=5, public=True
+)
 def number_sum(self: AppTask, x: int | float, y: int | float) -> int | float:
     """Return ``x + y``. Non-numbers fail at once; transient errors retry every 5 s, 3 times."""
     return _number("x", x) + _number("y", y)

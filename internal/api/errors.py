@@ -1,0 +1,124 @@
+"""One error shape for every 4xx/5xx, ``{"error": {"code", "message", "details"}}``, and
+the single place where domain errors become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pkg.celery_task import (
+    BrokerUnavailableError,
+    InvalidRequestError,
+    PeriodicTaskConflictError,
+    PeriodicTaskNotFoundError,
+    UnknownTaskError,
+)
+
+__all__ = ["ApiError", "error_body", "install_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the service layer raises with its HTTP status and stable code."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The JSON body of every error response."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers; services and routes never build error responses."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = []
+        for err in exc.errors():
+            item = {"field": _field_of(tuple(err.get("loc", ()))), "message": err.get("msg", "invalid")}
+            if err.get("type") == "json_invalid":
+                item["message"] = f"invalid JSON: {err.get('ctx', {}).get('error', 'cannot be parsed')}"
+            details.append(item)
+        fields = ", ".join(sorted({d["field"] for d in details}))
+        return _response(422, "validation_error", f"invalid request: check {fields}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return _response(exc.status_code, code, str(exc.detail), None, getattr(exc, "headers", None))
+
+    @app.exception_handler(UnknownTaskError)
+    async def _unknown_task(request: Request, exc: UnknownTaskError) -> JSONResponse:
+        return _response(404, "unknown_task", f"unknown task {exc.task_name!r}", {"task": exc.task_name})
+
+    @app.exception_handler(PeriodicTaskNotFoundError)
+    async def _no_entry(request: Request, exc: PeriodicTaskNotFoundError) -> JSONResponse:
+        return _response(404, "periodic_task_not_found", str(exc), {"name": exc.name})
+
+    @app.exception_handler(PeriodicTaskConflictError)
+    async def _conflict(request: Request, exc: PeriodicTaskConflictError) -> JSONResponse:
+        return _response(409, "conflict", str(exc), {"name": exc.name})
+
+    @app.exception_handler(InvalidRequestError)
+    async def _invalid(request: Request, exc: InvalidRequestError) -> JSONResponse:
+        return _response(
+            422, "validation_error", str(exc), [{"field": exc.field or "body", "message": str(exc)}]
+        )
+
+    @app.exception_handler(BrokerUnavailableError)
+    async def _broker_down(request: Request, exc: BrokerUnavailableError) -> JSONResponse:
+        logger.warning("broker unavailable: %s", exc)
+        return _response(
+            503,
+            "broker_unavailable",
+            "the task broker or result store is unreachable; retry later",
+            None,
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _response(500, "internal_error", "internal error; see the server log")

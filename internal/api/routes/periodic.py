@@ -1,0 +1,63 @@
+"""``/api/v1/periodic-tasks``: the dynamic schedule, picked up by beat without restart."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Response
+
+from internal.api.deps import get_client
+from internal.api.routes.tasks import ERRORS
+from internal.api.schemas import (
+    ErrorBody,
+    PeriodicTask,
+    PeriodicTaskCreate,
+    PeriodicTaskList,
+    PeriodicTaskPatch,
+    PeriodicTaskPut,
+)
+from internal.services import periodic as service
+from pkg.celery_task import CeleryClient
+
+router = APIRouter(prefix="/periodic-tasks", tags=["periodic tasks"])
+
+Client = Annotated[CeleryClient, Depends(get_client)]
+Name = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
+WITH_CONFLICT: dict[int | str, dict[str, Any]] = {**ERRORS, 409: {"model": ErrorBody}}
+
+
+@router.get("", response_model=PeriodicTaskList, responses=ERRORS)
+def list_periodic_tasks(client: Client) -> PeriodicTaskList:
+    """Every entry, static and dynamic, with last and next run."""
+    return PeriodicTaskList(periodic_tasks=service.list_periodic_tasks(client=client))
+
+
+@router.post("", status_code=201, response_model=PeriodicTask, responses=WITH_CONFLICT)
+def create_periodic_task(body: PeriodicTaskCreate, client: Client) -> PeriodicTask:
+    """Add an entry (409 if the name exists)."""
+    return service.create_periodic_task(client=client, body=body)
+
+
+@router.get("/{name}", response_model=PeriodicTask, responses=ERRORS)
+def get_periodic_task(name: Name, client: Client) -> PeriodicTask:
+    """One entry."""
+    return service.get_periodic_task(client=client, name=name)
+
+
+@router.put("/{name}", response_model=PeriodicTask, responses=WITH_CONFLICT)
+def put_periodic_task(name: Name, body: PeriodicTaskPut, client: Client) -> PeriodicTask:
+    """Create or replace an entry; static entries cannot be replaced (409)."""
+    return service.put_periodic_task(client=client, name=name, body=body)
+
+
+@router.patch("/{name}", response_model=PeriodicTask, responses=WITH_CONFLICT)
+def patch_periodic_task(name: Name, body: PeriodicTaskPatch, client: Client) -> PeriodicTask:
+    """Change some fields, e.g. ``{"enabled": false}``; static entries accept only ``enabled``."""
+    return service.patch_periodic_task(client=client, name=name, body=body)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, responses=WITH_CONFLICT)
+def delete_periodic_task(name: Name, client: Client) -> Response:
+    """Delete an entry; it never fires again. Static entries: 409 (disable them)."""
+    service.delete_periodic_task(client=client, name=name)
+    return Response(status_code=204)

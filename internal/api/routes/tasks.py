@@ -1,0 +1,50 @@
+"""``/api/v1/tasks``: submit, read, bulk status, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from internal.api.deps import get_client, get_metrics
+from internal.api.metrics import Metrics
+from internal.api.schemas import ErrorBody, StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
+from internal.services import tasks as service
+from pkg.celery_task import CeleryClient
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+Client = Annotated[CeleryClient, Depends(get_client)]
+TaskIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
+
+
+@router.post("", status_code=202, response_model=TaskAccepted, responses=ERRORS)
+def submit_task(
+    body: TaskSubmit, client: Client, metrics: Annotated[Metrics, Depends(get_metrics)]
+) -> TaskAccepted:
+    """Send a public task; answers at once with its id."""
+    return service.submit_task(client=client, metrics=metrics, body=body)
+
+
+@router.post("/status", response_model=StatusesOut, responses=ERRORS)
+def task_statuses(body: StatusesQuery, client: Client) -> StatusesOut:
+    """Statuses of up to 1000 tasks in one Redis round trip."""
+    return StatusesOut(statuses=service.get_task_statuses(client=client, task_ids=body.task_ids))
+
+
+@router.get("/{task_id}", response_model=TaskInfo, responses=ERRORS)
+def get_task(task_id: TaskIdPath, client: Client) -> TaskInfo:
+    """A task's status, result or error, progress, retries, queue, worker and runtime.
+    Celery cannot tell an unknown id from a queued task: both read ``PENDING``."""
+    return service.get_task(client=client, task_id=task_id)
+
+
+@router.delete("/{task_id}", status_code=202, response_model=TaskAccepted, responses=ERRORS)
+def revoke_task(
+    task_id: TaskIdPath,
+    client: Client,
+    terminate: Annotated[bool, Query(description="also stop it if running")] = False,
+) -> TaskAccepted:
+    """Revoke a task: a queued one never runs; with ``terminate`` a running one stops."""
+    return service.revoke_task(client=client, task_id=task_id, terminate=terminate)

@@ -1,0 +1,88 @@
+"""Periodic-task operations behind the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from internal.api.errors import ApiError
+from internal.api.schemas import PeriodicTask, PeriodicTaskCreate, PeriodicTaskPatch, PeriodicTaskPut
+from internal.services.tasks import require_public
+from pkg.celery_task import CeleryClient, PeriodicTaskConflictError
+
+__all__ = [
+    "create_periodic_task",
+    "delete_periodic_task",
+    "get_periodic_task",
+    "list_periodic_tasks",
+    "patch_periodic_task",
+    "put_periodic_task",
+]
+
+
+def list_periodic_tasks(*, client: CeleryClient) -> list[PeriodicTask]:
+    """Every entry, static and dynamic."""
+    return [PeriodicTask.model_validate(entry) for entry in client.list_periodic_tasks()]
+
+
+def get_periodic_task(*, client: CeleryClient, name: str) -> PeriodicTask:
+    """One entry (404 if none)."""
+    return PeriodicTask.model_validate(client.get_periodic_task(name))
+
+
+def _store(client: CeleryClient, name: str, body: PeriodicTaskPut, *, replace: bool) -> PeriodicTask:
+    require_public(client, body.task)
+    client.add_periodic_task(
+        body.task,
+        body.schedule.type,
+        body.schedule.value,
+        name=name,
+        args=body.args,
+        kwargs=body.kwargs,
+        queue=body.queue,
+        enabled=body.enabled,
+        replace=replace,
+    )
+    return get_periodic_task(client=client, name=name)
+
+
+def create_periodic_task(*, client: CeleryClient, body: PeriodicTaskCreate) -> PeriodicTask:
+    """A new entry; 409 if the name exists."""
+    return _store(client, body.name, body, replace=False)
+
+
+def put_periodic_task(*, client: CeleryClient, name: str, body: PeriodicTaskPut) -> PeriodicTask:
+    """Create or replace an entry (static entries: 409)."""
+    return _store(client, name, body, replace=True)
+
+
+def patch_periodic_task(*, client: CeleryClient, name: str, body: PeriodicTaskPatch) -> PeriodicTask:
+    """Change the given fields. Static entries accept only ``enabled``."""
+    current = client.get_periodic_task(name)
+    changes = body.model_dump(exclude_unset=True)
+    if set(changes) <= {"enabled"}:
+        if "enabled" in changes and changes["enabled"] is not None:
+            toggle = client.enable_periodic_task if changes["enabled"] else client.disable_periodic_task
+            return PeriodicTask.model_validate(toggle(name))
+        return PeriodicTask.model_validate(current)
+    if current["static"]:
+        raise PeriodicTaskConflictError(name, "it is a static entry; only 'enabled' can change")
+    merged: dict[str, Any] = {
+        "task": current["task"],
+        "schedule": {"type": current["schedule"]["type"], "value": current["schedule"]["value"]},
+        "args": current["args"],
+        "kwargs": current["kwargs"],
+        "queue": current["queue"],
+        "enabled": current["enabled"],
+    }
+    merged.update({k: v for k, v in changes.items() if v is not None or k == "queue"})
+    try:
+        replacement = PeriodicTaskPut.model_validate(merged)
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", f"the patched entry is invalid: {exc}") from exc
+    return _store(client, name, replacement, replace=True)
+
+
+def delete_periodic_task(*, client: CeleryClient, name: str) -> None:
+    """Delete an entry: 404 if none, 409 for static entries."""
+    if not client.remove_periodic_task(name):
+        client.get_periodic_task(name)  # raises the 404

@@ -1,0 +1,180 @@
+"""Task and workflow operations behind the HTTP API: submit, read, revoke, workflows.
+
+Only tasks marked ``public=True`` in code can be submitted; everything else (Celery's
+own ``celery.*`` tasks, internal tasks) is "unknown" to outside callers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.result import AsyncResult, GroupResult
+
+from internal.api.errors import ApiError
+from internal.api.metrics import Metrics
+from internal.api.schemas import (
+    TaskAccepted,
+    TaskError,
+    TaskInfo,
+    TaskProgress,
+    TaskSubmit,
+    WorkflowAccepted,
+    WorkflowStep,
+    WorkflowSubmit,
+)
+from pkg.celery_task import CeleryClient, UnknownTaskError
+
+__all__ = [
+    "get_task",
+    "get_task_statuses",
+    "require_public",
+    "revoke_task",
+    "submit_task",
+    "submit_workflow",
+]
+
+
+def require_public(client: CeleryClient, task_name: str) -> None:
+    """404 ``unknown_task`` unless the task is registered and marked public."""
+    if not client.is_public(task_name):
+        raise UnknownTaskError(task_name)
+
+
+def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> TaskAccepted:
+    """Validate and send one task; nothing is sent when anything is rejected."""
+    require_public(client, body.task)
+    result = client.submit(
+        body.task,
+        body.args,
+        body.kwargs,
+        task_id=body.task_id,
+        queue=body.queue,
+        priority=body.priority,
+        countdown=body.countdown,
+        eta=body.eta,
+        expires=body.expires,
+    )
+    metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
+    return TaskAccepted(task_id=result.id, status=states.PENDING)
+
+
+def _error(value: Any) -> TaskError | None:
+    if isinstance(value, BaseException):
+        return TaskError(type=type(value).__name__, message=str(value))
+    if isinstance(value, dict) and "exc_type" in value:
+        return TaskError(type=str(value["exc_type"]), message=str(value.get("exc_message", "")))
+    return None
+
+
+def _info_from_meta(task_id: str, meta: dict[str, Any]) -> TaskInfo:
+    status = meta.get("status") or states.PENDING
+    if status == states.RECEIVED:
+        status = states.PENDING
+    raw = meta.get("result")
+    progress = TaskProgress(**raw) if status == "PROGRESS" and isinstance(raw, dict) else None
+    error = _error(raw) if status in (states.FAILURE, states.RETRY, states.REVOKED) else None
+    return TaskInfo(
+        task_id=task_id,
+        task=meta.get("name"),
+        status=status,
+        result=raw if status == states.SUCCESS else None,
+        error=error,
+        progress=progress,
+        retries=meta.get("retries"),
+        queue=meta.get("queue"),
+        worker=meta.get("worker"),
+        date_done=meta.get("date_done"),
+        runtime_ms=meta.get("runtime_ms"),
+    )
+
+
+def _group_info(client: CeleryClient, group: GroupResult) -> TaskInfo:
+    ids = [child.id for child in group.results]
+    metas = client.get_task_metas(ids)
+    children = [_info_from_meta(child_id, metas[child_id]) for child_id in ids]
+    failed = next((c for c in children if c.status in (states.FAILURE, states.REVOKED)), None)
+    if failed is not None:
+        status, error = states.FAILURE, failed.error
+    elif all(c.status == states.SUCCESS for c in children):
+        status, error = states.SUCCESS, None
+    elif any(c.status != states.PENDING for c in children):
+        status, error = states.STARTED, None
+    else:
+        status, error = states.PENDING, None
+    done = [c.date_done for c in children if c.date_done]
+    return TaskInfo(
+        task_id=group.id,
+        task="group",
+        status=status,
+        error=error,
+        result=[c.result for c in children] if status == states.SUCCESS else None,
+        date_done=max(done) if status in states.READY_STATES and done else None,
+    )
+
+
+def get_task(*, client: CeleryClient, task_id: str) -> TaskInfo:
+    """State, result or error, progress, retries, queue, worker and timing of one task
+    (or of a group workflow). An id never seen reads as ``PENDING``."""
+    meta = client.get_task_metas([task_id])[task_id]
+    if meta.get("status", states.PENDING) == states.PENDING and "name" not in meta:
+        group = client.app.GroupResult.restore(task_id)
+        if group is not None:
+            return _group_info(client, group)
+    return _info_from_meta(task_id, meta)
+
+
+def get_task_statuses(*, client: CeleryClient, task_ids: list[str]) -> dict[str, str]:
+    """Statuses of up to 1000 tasks, in one Redis round trip."""
+    return client.get_statuses(task_ids)
+
+
+def revoke_task(*, client: CeleryClient, task_id: str, terminate: bool) -> TaskAccepted:
+    """Revoke (and with ``terminate`` stop) a task; the revoke outlives worker restarts."""
+    client.revoke(task_id, terminate=terminate)
+    return TaskAccepted(task_id=task_id, status=states.REVOKED)
+
+
+def submit_workflow(*, client: CeleryClient, metrics: Metrics, body: WorkflowSubmit) -> WorkflowAccepted:
+    """Send a chain, group or chord of public tasks."""
+    callback = body.callback
+    if (body.type == "chord") != (callback is not None):
+        message = (
+            "a chord needs a callback"
+            if callback is None
+            else (f"a {body.type} takes no callback; use type chord")
+        )
+        raise ApiError(422, "validation_error", message, [{"field": "callback", "message": message}])
+    steps = [*body.steps, *([callback] if callback else [])]
+    for step in steps:
+        require_public(client, step.task)
+    signatures = [_signature(client, step) for step in body.steps]
+    if callback is not None:
+        body_result = client.chord(signatures, _signature(client, callback))
+        header = body_result.parent
+        ids = [*(child.id for child in getattr(header, "results", None) or []), body_result.id]
+        workflow_id = body_result.id
+    elif body.type == "chain":
+        last = client.chain(*signatures)
+        ids = _chain_ids(last)
+        workflow_id = last.id
+    else:
+        group = client.group(*signatures)
+        ids = [child.id for child in group.results]
+        workflow_id = group.id
+    for step in steps:
+        metrics.tasks_submitted.labels(task=step.task, queue=client.resolve_queue(step.task)).inc()
+    return WorkflowAccepted(workflow_id=workflow_id, task_ids=ids)
+
+
+def _signature(client: CeleryClient, step: WorkflowStep) -> Any:
+    return client.signature(step.task, step.args, step.kwargs)
+
+
+def _chain_ids(last: AsyncResult) -> list[str]:
+    ids: list[str] = []
+    node: AsyncResult | None = last
+    while node is not None:
+        ids.append(node.id)
+        node = node.parent
+    return ids[::-1]

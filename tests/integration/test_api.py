@@ -1,0 +1,409 @@
+"""The HTTP API against a real uvicorn process, worker and beat on real Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_TOKEN, Api, Stack
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.integration
+
+TASK_FIELDS = {
+    "task_id",
+    "task",
+    "status",
+    "result",
+    "error",
+    "progress",
+    "retries",
+    "queue",
+    "worker",
+    "date_done",
+    "runtime_ms",
+}
+ENTRY_FIELDS = {
+    "name",
+    "task",
+    "schedule",
+    "args",
+    "kwargs",
+    "queue",
+    "enabled",
+    "last_run_at",
+    "next_run_at",
+    "total_run_count",
+    "static",
+}
+
+
+def wait_done(api: Api, task_id: str, timeout: float = 30) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = api.http.get(f"/api/v1/tasks/{task_id}").json()
+        return body if body["status"] in ("SUCCESS", "FAILURE", "REVOKED") else None
+
+    return wait_for(done, timeout=timeout, interval=0.1, what=f"task {task_id} to finish")
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+class Untouched:
+    """Records what the bad request could have written and checks it stayed the same."""
+
+    def __init__(self, stack: Stack, queue: str) -> None:
+        self.stack, self.queue = stack, queue
+        self.metas = self._metas()
+        self.schedule = self._schedule()
+
+    def _metas(self) -> set[bytes]:
+        return set(self.stack.db.client.scan_iter("celery-task-meta-*"))
+
+    def _schedule(self) -> dict[bytes, Any]:
+        client = self.stack.db.client
+        return {key: client.hget(key, "definition") for key in client.zrange("redbeat::schedule", 0, -1)}
+
+    def check(self) -> None:
+        time.sleep(0.5)
+        assert sum(self.stack.db.client.llen(k) for k in self.stack.db.client.keys(f"{self.queue}*")) == 0
+        assert self._metas() == self.metas
+        assert self._schedule() == self.schedule
+
+
+# -- happy paths -------------------------------------------------------------------
+
+
+def test_submit_and_read_a_task(api: Api) -> None:
+    response = api.http.post("/api/v1/tasks", json={"task": "math.number_sum", "args": [1, 2]})
+    assert response.status_code == 202
+    accepted = response.json()
+    assert set(accepted) == {"task_id", "status"} and accepted["status"] == "PENDING"
+    info = wait_done(api, accepted["task_id"])
+    assert set(info) == TASK_FIELDS
+    assert info["status"] == "SUCCESS" and info["result"] == 3 and info["error"] is None
+    assert info["task"] == "math.number_sum" and info["queue"] == "default"
+    assert info["worker"].startswith("stack-worker@") and info["retries"] == 0
+    assert info["date_done"] and info["runtime_ms"] is not None and info["runtime_ms"] >= 0
+
+
+def test_submit_with_all_options(api: Api, unique: str) -> None:
+    body = {
+        "task": "math.number_sum",
+        "kwargs": {"x": 2, "y": 5},
+        "queue": "default",
+        "priority": 7,
+        "countdown": 1,
+        "expires": 60,
+        "task_id": f"api-{unique}",
+    }
+    response = api.http.post("/api/v1/tasks", json=body)
+    assert response.status_code == 202 and response.json()["task_id"] == f"api-{unique}"
+    assert wait_done(api, f"api-{unique}")["result"] == 7
+
+
+def test_failed_task_reports_its_error(api: Api) -> None:
+    task_id = api.http.post("/api/v1/tasks", json={"task": "math.number_sum", "args": ["a", 1]}).json()[
+        "task_id"
+    ]
+    info = wait_done(api, task_id)
+    assert info["status"] == "FAILURE" and info["result"] is None
+    assert info["error"] == {
+        "type": "PermanentError",
+        "message": "x must be a number (int or float), got str 'a'",
+    }
+
+
+def test_progress_is_visible(api: Api) -> None:
+    task_id = api.http.post("/api/v1/tasks", json={"task": "tests.progress", "args": [5, 0.3]}).json()[
+        "task_id"
+    ]
+    info = wait_for(
+        lambda: (b := api.http.get(f"/api/v1/tasks/{task_id}").json())["status"] == "PROGRESS" and b,
+        timeout=20,
+        interval=0.05,
+        what="PROGRESS",
+    )
+    assert info["progress"]["total"] == 5 and info["progress"]["message"].startswith("step")
+    assert wait_done(api, task_id)["result"] == 5
+
+
+def test_unknown_id_reads_pending(api: Api, unique: str) -> None:
+    info = api.http.get(f"/api/v1/tasks/never-seen-{unique}").json()
+    assert info["status"] == "PENDING" and info["task"] is None and info["result"] is None
+
+
+def test_bulk_statuses(api: Api, unique: str) -> None:
+    ids = [
+        api.http.post("/api/v1/tasks", json={"task": "math.number_sum", "args": [i, i]}).json()["task_id"]
+        for i in range(3)
+    ]
+    for task_id in ids:
+        wait_done(api, task_id)
+    response = api.http.post("/api/v1/tasks/status", json={"task_ids": [*ids, f"nope-{unique}"]})
+    assert response.status_code == 200
+    assert response.json() == {"statuses": {**dict.fromkeys(ids, "SUCCESS"), f"nope-{unique}": "PENDING"}}
+
+
+def test_revoke_queued_and_terminate_running(api: Api, stack: Stack, unique: str) -> None:
+    queued = api.http.post(
+        "/api/v1/tasks", json={"task": "tests.record", "args": [f"rv-{unique}", "x"], "countdown": 3}
+    ).json()["task_id"]
+    response = api.http.delete(f"/api/v1/tasks/{queued}")
+    assert response.status_code == 202 and response.json() == {"task_id": queued, "status": "REVOKED"}
+    running = api.http.post(
+        "/api/v1/tasks", json={"task": "tests.sleep", "args": [30, f"rs-{unique}"]}
+    ).json()
+    wait_for(lambda: stack.db.client.llen(f"rs-{unique}"), timeout=20, what="long task to start")
+    assert (
+        api.http.delete(f"/api/v1/tasks/{running['task_id']}", params={"terminate": "true"}).status_code
+        == 202
+    )
+    assert wait_done(api, running["task_id"])["status"] == "REVOKED"
+    time.sleep(3.5)
+    assert api.http.get(f"/api/v1/tasks/{queued}").json()["status"] == "REVOKED"
+    assert stack.db.client.llen(f"rv-{unique}") == 0
+
+
+@pytest.mark.parametrize(
+    "kind, steps, callback, expected",
+    [
+        ("chain", [["math.number_sum", [1, 2]], ["math.number_sum", [10]]], None, 13),
+        ("group", [["math.number_sum", [1, 1]], ["math.number_sum", [2, 2]]], None, [2, 4]),
+        ("chord", [["math.number_sum", [1, 1]], ["math.number_sum", [2, 2]]], ["tests.total", []], 6),
+    ],
+)
+def test_workflows(api: Api, kind: str, steps: list, callback: list | None, expected: Any) -> None:
+    body: dict[str, Any] = {"type": kind, "steps": [{"task": t, "args": a} for t, a in steps]}
+    if callback:
+        body["callback"] = {"task": callback[0], "args": callback[1]}
+    response = api.http.post("/api/v1/workflows", json=body)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert set(accepted) == {"workflow_id", "task_ids"}
+    assert len(accepted["task_ids"]) == len(steps) + (1 if callback else 0)
+    info = wait_done(api, accepted["workflow_id"])
+    assert info["status"] == "SUCCESS" and info["result"] == expected
+
+
+def test_periodic_task_lifecycle(api: Api, stack: Stack, unique: str) -> None:
+    name, key = f"api-tick-{unique}", f"api-tick-{unique}"
+    body = {
+        "name": name,
+        "task": "tests.record",
+        "schedule": {"type": "interval", "value": 1},
+        "args": [key, "tick"],
+        "kwargs": {},
+        "queue": "default",
+        "enabled": True,
+    }
+    response = api.http.post("/api/v1/periodic-tasks", json=body)
+    assert response.status_code == 201, response.text
+    entry = response.json()
+    assert set(entry) == ENTRY_FIELDS
+    assert entry["schedule"] == {"type": "interval", "value": 1.0, "description": "every second"}
+    assert entry["static"] is False and entry["queue"] == "default"
+    wait_for(lambda: stack.db.client.llen(key) >= 2, timeout=15, what="the new entry to fire")
+
+    assert_error(api.http.post("/api/v1/periodic-tasks", json=body), 409, "conflict")
+    patched = api.http.patch(f"/api/v1/periodic-tasks/{name}", json={"enabled": False}).json()
+    assert patched["enabled"] is False and patched["next_run_at"] is None
+    replaced = api.http.put(
+        f"/api/v1/periodic-tasks/{name}",
+        json={
+            "task": "tests.record",
+            "schedule": {"type": "cron", "value": "30 8 * * *"},
+            "args": [key, "cron"],
+        },
+    ).json()
+    assert replaced["schedule"]["description"] == "at 08:30 every day (Asia/Shanghai)"
+    assert replaced["enabled"] is True and replaced["total_run_count"] >= 2
+    got = api.http.get(f"/api/v1/periodic-tasks/{name}").json()
+    assert got == replaced
+    listed = api.http.get("/api/v1/periodic-tasks").json()["periodic_tasks"]
+    assert name in {e["name"] for e in listed} and {"task_heartbeat_30s"} <= {e["name"] for e in listed}
+    assert api.http.delete(f"/api/v1/periodic-tasks/{name}").status_code == 204
+    assert_error(api.http.get(f"/api/v1/periodic-tasks/{name}"), 404, "periodic_task_not_found")
+
+
+def test_static_entries_can_be_disabled_but_not_deleted(api: Api) -> None:
+    name = "task_heartbeat_30s"
+    try:
+        assert (
+            api.http.patch(f"/api/v1/periodic-tasks/{name}", json={"enabled": False}).json()["enabled"]
+            is False
+        )
+        assert_error(api.http.delete(f"/api/v1/periodic-tasks/{name}"), 409, "conflict")
+        assert_error(api.http.patch(f"/api/v1/periodic-tasks/{name}", json={"args": [5, 5]}), 409, "conflict")
+        assert_error(
+            api.http.put(
+                f"/api/v1/periodic-tasks/{name}",
+                json={"task": "math.number_sum", "schedule": {"type": "interval", "value": 5}},
+            ),
+            409,
+            "conflict",
+        )
+        assert api.http.get(f"/api/v1/periodic-tasks/{name}").json()["static"] is True
+    finally:
+        api.http.patch(f"/api/v1/periodic-tasks/{name}", json={"enabled": True})
+
+
+def test_queues_and_workers(api: Api) -> None:
+    queues = api.http.get("/api/v1/queues").json()
+    assert set(queues["queues"]) >= {"default", "cron_queue", "video_queue"}
+    workers = api.http.get("/api/v1/workers").json()["workers"]
+    (stack_worker,) = [w for w in workers if w["name"].startswith("stack-worker@")]
+    assert set(stack_worker) == {"name", "status", "active", "processed", "pool", "queues"}
+    assert stack_worker["status"] == "online" and stack_worker["queues"] == ["default"]
+    assert stack_worker["pool"]["max_concurrency"] == 2
+    assert stack_worker["processed"].get("math.number_sum", 0) >= 1
+
+
+def test_health_readiness_and_metrics(api: Api) -> None:
+    assert httpx.get(api.url("/healthz")).json() == {"status": "ok"}  # no token needed
+    ready = api.http.get("/readyz")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert set(checks) == {"broker", "result_backend", "database", "redis"}
+    assert all(c["ok"] and c["latency_ms"] is not None and c["error"] is None for c in checks.values())
+    api.http.post("/api/v1/tasks", json={"task": "math.number_sum", "args": [1, 1]})
+    text = api.http.get("/metrics").text
+    assert 'tasksys_tasks_submitted_total{queue="default",task="math.number_sum"}' in text
+    assert (
+        'tasksys_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/api/v1/tasks",status="202"}'
+        in text
+    )
+    assert 'tasksys_queue_length{queue="cron_queue"}' in text and "tasksys_broker_up 1.0" in text
+
+
+# -- security and bad input ----------------------------------------------------------
+
+
+def test_token_is_required_except_for_healthz(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_TOKEN}):
+        for method, path in (
+            ("GET", "/api/v1/queues"),
+            ("POST", "/api/v1/tasks"),
+            ("GET", "/metrics"),
+            ("GET", "/readyz"),
+            ("GET", "/docs"),
+        ):
+            response = httpx.request(method, api.url(path), headers=headers, json={})
+            assert_error(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(api.url("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "task", ["tests.internal_only", "celery.backend_cleanup", "celery.chord_unlock", "no.such"]
+)
+def test_non_public_tasks_are_unknown(api: Api, stack: Stack, unique: str, task: str) -> None:
+    untouched = Untouched(stack, f"quarantine-{unique}")
+    response = api.http.post("/api/v1/tasks", json={"task": task, "queue": f"quarantine-{unique}"})
+    error = assert_error(response, 404, "unknown_task")
+    assert task in error["message"]
+    workflow = {"type": "chain", "steps": [{"task": "math.number_sum", "args": [1, 1]}, {"task": task}]}
+    assert_error(api.http.post("/api/v1/workflows", json=workflow), 404, "unknown_task")
+    entry = {"name": f"x-{unique}", "task": task, "schedule": {"type": "interval", "value": 5}}
+    assert_error(api.http.post("/api/v1/periodic-tasks", json=entry), 404, "unknown_task")
+    untouched.check()
+
+
+BAD_TASK_BODIES = [
+    ({"task": "math.number_sum", "priority": 10}, "priority"),
+    ({"task": "math.number_sum", "priority": -1}, "priority"),
+    ({"task": "math.number_sum", "priority": "9"}, "priority"),
+    ({"task": "math.number_sum", "args": "1,2"}, "args"),
+    ({"task": "math.number_sum", "kwargs": [1]}, "kwargs"),
+    ({"task": 5}, "task"),
+    ({"args": [1, 2]}, "task"),
+    ({"task": "math.number_sum", "countdown": -1}, "countdown"),
+    ({"task": "math.number_sum", "eta": "tomorrow"}, "eta"),
+    ({"task": "math.number_sum", "task_id": ""}, "task_id"),
+    ({"task": "math.number_sum", "surprise": 1}, "surprise"),
+    ({"task": "math.number_sum", "countdown": 5, "eta": "2030-01-01T00:00:00+00:00"}, "countdown"),
+    ({"task": "math.number_sum", "expires": 0}, "expires"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD_TASK_BODIES)
+def test_bad_task_bodies_are_422_naming_the_field(
+    api: Api, stack: Stack, unique: str, body: dict, field: str
+) -> None:
+    queue = f"quarantine-{unique}"
+    untouched = Untouched(stack, queue)
+    response = api.http.post(
+        "/api/v1/tasks", json={**body, "queue": queue} if "surprise" not in body else body
+    )
+    error = assert_error(response, 422, "validation_error")
+    assert field in {d["field"] for d in error["details"]}, error
+    untouched.check()
+
+
+def test_invalid_json_and_wrong_content(api: Api, stack: Stack, unique: str) -> None:
+    untouched = Untouched(stack, f"quarantine-{unique}")
+    response = api.http.post(
+        "/api/v1/tasks", content=b'{"task": "math.number_sum", ', headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 422, "validation_error")
+    assert "invalid JSON" in error["details"][0]["message"]
+    assert_error(api.http.post("/api/v1/tasks/status", json={"task_ids": []}), 422, "validation_error")
+    too_many = {"task_ids": [f"id-{i}" for i in range(1001)]}
+    assert_error(api.http.post("/api/v1/tasks/status", json=too_many), 422, "validation_error")
+    untouched.check()
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"type": "cron", "value": "61 * * * *"}, "invalid cron minute '61'"),
+        ({"type": "cron", "value": "* * *"}, "has 3 fields; expected 5"),
+        ({"type": "interval", "value": 0}, "interval must be a positive number"),
+        ({"type": "interval", "value": "soon"}, "interval must be a number of seconds"),
+        ({"type": "once", "value": "2001-01-01T00:00:00+00:00"}, "is in the past"),
+        ({"type": "weekly", "value": 1}, "schedule.type"),
+    ],
+)
+def test_bad_schedules_are_422(api: Api, stack: Stack, unique: str, schedule: dict, message: str) -> None:
+    untouched = Untouched(stack, f"quarantine-{unique}")
+    body = {"name": f"bad-{unique}", "task": "math.number_sum", "schedule": schedule, "args": [1, 2]}
+    error = assert_error(api.http.post("/api/v1/periodic-tasks", json=body), 422, "validation_error")
+    assert message in error["message"] or message in str(error["details"]), error
+    untouched.check()
+
+
+def test_chord_without_callback_is_422(api: Api, stack: Stack, unique: str) -> None:
+    untouched = Untouched(stack, f"quarantine-{unique}")
+    body = {"type": "chord", "steps": [{"task": "math.number_sum", "args": [1, 1]}]}
+    error = assert_error(api.http.post("/api/v1/workflows", json=body), 422, "validation_error")
+    assert error["details"][0]["field"] == "callback"
+    untouched.check()
+
+
+def test_oversized_body_is_413(api: Api, stack: Stack, unique: str) -> None:
+    untouched = Untouched(stack, f"quarantine-{unique}")
+    big = {"task": "math.number_sum", "args": ["x" * (1024 * 1024 + 10)], "queue": f"quarantine-{unique}"}
+    assert_error(api.http.post("/api/v1/tasks", json=big), 413, "payload_too_large")
+
+    def chunks():
+        yield b'{"task": "math.number_sum", "args": ["'
+        for _ in range(300):
+            yield b"y" * 4096
+        yield b'"]}'
+
+    response = api.http.post("/api/v1/tasks", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "payload_too_large")
+    untouched.check()
+
+
+def test_unknown_route_and_method_use_the_error_shape(api: Api) -> None:
+    assert_error(api.http.get("/api/v1/nothing-here"), 404, "not_found")
+    assert_error(api.http.put("/api/v1/tasks"), 405, "method_not_allowed")
