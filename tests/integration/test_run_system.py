@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 
 import httpx
 import pytest
@@ -49,6 +50,11 @@ def test_run_starts_embedded_redis_api_worker_beat_and_ctrl_c_stops_all(session_
         assert client.get_result(client.submit("math.number_sum", (1, 2)).id, timeout=30) == 3
         client.close()
 
+        for command in readme_curl_commands():
+            command = command.replace("127.0.0.1:8000", f"127.0.0.1:{api_port}").replace("curl -s", "curl -sf", 1)
+            done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, f"README command failed: {command}\n{done.stdout}{done.stderr}"
+
         pids = [int(p) for p in re.findall(r"\(pid (\d+)", runner.log())]
         assert len(pids) == 4  # redis-server, api, worker, beat
         runner.send(signal.SIGINT)
@@ -59,6 +65,17 @@ def test_run_starts_embedded_redis_api_worker_beat_and_ctrl_c_stops_all(session_
     finally:
         runner.stop()
         shutil.rmtree(REPO_ROOT / "var" / "redis" / str(redis_port), ignore_errors=True)
+
+
+def readme_curl_commands() -> list[str]:
+    """The curl commands of the README's HTTP API section, continuation lines joined."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## HTTP API", 1)[1]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    commands = [line.strip() for line in joined.splitlines() if line.strip().startswith("curl")]
+    assert len(commands) >= 15
+    return commands
 
 
 def _get(url: str) -> int:
