@@ -20,6 +20,7 @@ from ._errors import (
     TaskSystemError,
     UnknownTaskError,
 )
+from ._fastpath import TaskRequest
 from ._loop import EventLoopThread, process_loop, run_coroutine
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
@@ -45,6 +46,7 @@ __all__ = [
     "RedisScheduler",
     "ResultTimeoutError",
     "ScheduleEntry",
+    "TaskRequest",
     "TaskSystemError",
     "TransientError",
     "UnknownTaskError",

@@ -4,10 +4,13 @@ one 0-9 priority scale, a dynamic Redis-backed beat schedule and worker lifecycl
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit
 import celery.exceptions
 import kombu.exceptions
 import redis
+import redis.asyncio
 from celery import Celery, states
 from celery.canvas import Signature
 from celery.canvas import chain as celery_chain
@@ -39,6 +43,7 @@ from ._errors import (
     ResultTimeoutError,
     UnknownTaskError,
 )
+from ._fastpath import FAST_OPTIONS, MessageFactory, TaskRequest, json_text, pipeline_commands
 from ._schedules import describe_schedule, parse_schedule
 from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
 from ._worker import DurableRevokes, UnackedHeartbeat, WorkerHooks, revoke_store_for
@@ -218,7 +223,7 @@ def check_priority(priority: Any) -> int | None:
 def check_json_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Refuse task arguments that the JSON serializer cannot send, naming the first one."""
     try:
-        kombu_json_dumps([list(args), dict(kwargs)])
+        json_text([list(args), dict(kwargs)])
         return
     except (TypeError, ValueError):
         pass
@@ -235,6 +240,51 @@ def check_json_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None
                 field="args" if label.startswith("args") else "kwargs",
             ) from exc
     raise InvalidArgumentsError("task arguments cannot be sent as JSON", field="args")
+
+
+class _AsyncPublisher:
+    """Per event loop: a kombu channel to build messages with (made in a thread, as it
+    connects) and a redis.asyncio client to write them."""
+
+    def __init__(self, client: CeleryClient) -> None:
+        self.client = client
+        self.connection = client.app.connection_for_write()
+        self.producer = client.app.amqp.Producer(self.connection)
+        self.factory = MessageFactory(client.app, self.producer)
+        self.channel = self.producer.channel
+        self._declared_queues: set[str] = set()
+        transport = client.app.conf.broker_transport_options or {}
+        self.redis = redis.asyncio.Redis.from_url(
+            client.broker_url,
+            socket_connect_timeout=transport.get("socket_connect_timeout", 2),
+            socket_timeout=transport.get("socket_timeout", 10),
+        )
+        self.lock = threading.Lock()
+        self.declare(client.app.amqp.default_queue)
+
+    def declare(self, queue: Any) -> None:
+        """Declare a queue once (blocking I/O: call it from a thread)."""
+        with self.lock:
+            if queue.name not in self._declared_queues:
+                queue(self.channel).declare()
+                self._declared_queues.add(queue.name)
+
+    async def send(self, request: TaskRequest) -> str:
+        queue_name = self.client.resolve_queue(request.task_name, request.options.get("queue"))
+        if queue_name not in self._declared_queues:
+            await asyncio.to_thread(self.declare, self.client.app.amqp.queues[queue_name])
+        with self.lock:
+            task_id, commands = self.factory.build(request)
+        with self.client._unreachable(f"could not send task {request.task_name!r}"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name, args in commands:
+                    getattr(pipe, name)(*args)
+                await pipe.execute()
+        return task_id
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await asyncio.to_thread(self.connection.release)
 
 
 class CeleryClient:
@@ -305,6 +355,9 @@ class CeleryClient:
         self._hooks = WorkerHooks(app)
         self._registry_loaded = False
         self._closed = False
+        self._async_publisher: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPublisher] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"CeleryClient(app_name={self.app_name!r}, broker_url={maybe_sanitize_url(self.broker_url)!r})"
@@ -438,21 +491,133 @@ class CeleryClient:
     ) -> AsyncResult:
         """Send a task by name and return at once. Routes apply unless ``queue`` is
         given; ``priority`` is 0 (lowest) to 9 (highest) on every broker."""
-        self._check_task_name(task_name)
-        args_list = list(args or ())
-        kwargs_dict = dict(kwargs or {})
-        check_json_arguments(args_list, kwargs_dict)
-        sent = self._send_options(
-            task_id=task_id,
-            queue=queue,
-            priority=priority,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            options=options,
+        request = self._validated(
+            TaskRequest(
+                task_name,
+                args or (),
+                kwargs or {},
+                task_id,
+                queue,
+                priority,
+                countdown,
+                eta,
+                expires,
+                options,
+            )
         )
         with self._unreachable(f"could not send task {task_name!r}"):
-            return self.app.send_task(task_name, args_list, kwargs_dict, **sent)
+            return self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
+
+    def _validated(self, request: TaskRequest) -> TaskRequest:
+        """Check one request; the result carries the options ``send_task`` takes."""
+        self._check_task_name(request.task_name)
+        args_list = list(request.args or ())
+        kwargs_dict = dict(request.kwargs or {})
+        check_json_arguments(args_list, kwargs_dict)
+        sent = self._send_options(
+            task_id=request.task_id,
+            queue=request.queue,
+            priority=request.priority,
+            countdown=request.countdown,
+            eta=request.eta,
+            expires=request.expires,
+            options=dict(request.options or {}),
+        )
+        return TaskRequest(request.task_name, args_list, kwargs_dict, options=sent)
+
+    def _fast_path_ok(self, requests: Sequence[TaskRequest]) -> bool:
+        return (
+            _scheme(self.broker_url) in _REDIS_SCHEMES
+            and all(set(r.options) <= FAST_OPTIONS for r in requests)
+            and not self.app.conf.broker_transport_options.get("global_keyprefix")
+        )
+
+    def submit_many(
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, chunk_size: int = 1000
+    ) -> list[str]:
+        """Send many tasks at once: the same messages as :meth:`submit`, written in one
+        pipelined MULTI/EXEC per ``chunk_size`` tasks. Every request is validated
+        before anything is sent. Returns the task ids in request order.
+
+        On a broker error, :class:`BrokerUnavailableError` has ``sent_ids``: the tasks
+        of the chunks that were written (the failing chunk's tasks were not)."""
+        if chunk_size < 1:
+            raise InvalidRequestError("chunk_size must be at least 1", field="chunk_size")
+        validated = [self._validated(r if isinstance(r, TaskRequest) else TaskRequest(**r)) for r in requests]
+        if not self._fast_path_ok(validated):
+            return [self._send_validated(r) for r in validated]
+        sent_ids: list[str] = []
+        try:
+            with self._unreachable("could not send tasks"), self.app.producer_or_acquire() as producer:
+                factory = MessageFactory(self.app, producer)
+                for start in range(0, len(validated), chunk_size):
+                    chunk_ids: list[str] = []
+                    commands: list[tuple[str, tuple[Any, ...]]] = []
+                    for request in validated[start : start + chunk_size]:
+                        task_id, task_commands = factory.build(request)
+                        chunk_ids.append(task_id)
+                        commands += task_commands
+                    with (
+                        producer.channel.conn_or_acquire() as client,
+                        client.pipeline(transaction=True) as pipe,
+                    ):
+                        for name, args in pipeline_commands(commands):
+                            getattr(pipe, name)(*args)
+                        pipe.execute()
+                    sent_ids.extend(chunk_ids)
+        except BrokerUnavailableError as exc:
+            exc.sent_ids = sent_ids
+            raise
+        return sent_ids
+
+    def _send_validated(self, request: TaskRequest) -> str:
+        with self._unreachable(f"could not send task {request.task_name!r}"):
+            result = self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
+        return str(result.id)
+
+    async def submit_async(
+        self,
+        task_name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        **options: Any,
+    ) -> str:
+        """:meth:`submit` for ``async`` code: the same message, written with redis.asyncio
+        (one MULTI/EXEC) so the event loop never blocks. Returns the task id."""
+        request = self._validated(
+            TaskRequest(
+                task_name,
+                args or (),
+                kwargs or {},
+                task_id,
+                queue,
+                priority,
+                countdown,
+                eta,
+                expires,
+                options,
+            )
+        )
+        if not self._fast_path_ok([request]):
+            return await asyncio.to_thread(self._send_validated, request)
+        fast = self._async_publisher.get(asyncio.get_running_loop())
+        if fast is None:
+            fast = await asyncio.to_thread(_AsyncPublisher, self)
+            self._async_publisher[asyncio.get_running_loop()] = fast
+        return await fast.send(request)
+
+    async def aclose(self) -> None:
+        """Close the redis.asyncio connections of :meth:`submit_async` in this loop."""
+        fast = self._async_publisher.pop(asyncio.get_running_loop(), None)
+        if fast is not None:
+            await fast.aclose()
 
     @contextmanager
     def _unreachable(self, what: str) -> Iterator[None]:

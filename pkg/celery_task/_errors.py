@@ -84,7 +84,13 @@ class PeriodicTaskConflictError(TaskSystemError):
 
 
 class BrokerUnavailableError(TaskSystemError):
-    """The broker or result backend could not be reached in the bounded retry window."""
+    """The broker or result backend could not be reached in the bounded retry window.
+
+    ``sent_ids`` lists tasks a bulk call did write before the failure (else empty)."""
+
+    def __init__(self, message: str, *, sent_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.sent_ids: list[str] = list(sent_ids or [])
 
 
 class ResultTimeoutError(TaskSystemError, TimeoutError):

@@ -9,8 +9,11 @@ priority keep their meaning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 __all__ = ["PRIORITY_STEPS", "PriorityRedisTransport", "redis_priority_queue_keys"]
@@ -20,7 +23,21 @@ PRIORITY_STEPS: list[int] = list(range(10))
 
 
 class PriorityRedisChannel(kombu_redis.Channel):
-    """Redis channel that files priority 9 in the sub-queue polled first."""
+    """Redis channel that files priority 9 in the sub-queue polled first, and reuses
+    one client per connection pool (kombu builds a new ``redis.Redis``, with its ~170
+    response callbacks, for every publish and every ack)."""
+
+    _shared_client: redis.Redis | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()  # type: ignore[no-untyped-call]
+        yield shared
 
     def _get_message_priority(self, message: dict[str, Any], reverse: bool = False) -> int:
         priority = super()._get_message_priority(message, reverse=not reverse)  # type: ignore[no-untyped-call]

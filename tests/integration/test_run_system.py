@@ -51,7 +51,8 @@ def test_run_starts_embedded_redis_api_worker_beat_and_ctrl_c_stops_all(session_
         client.close()
 
         for command in readme_curl_commands():
-            command = command.replace("127.0.0.1:8000", f"127.0.0.1:{api_port}").replace("curl -s", "curl -sf", 1)
+            command = command.replace("127.0.0.1:8000", f"127.0.0.1:{api_port}")
+            command = command.replace("curl -s", "curl -sf", 1)
             done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, f"README command failed: {command}\n{done.stdout}{done.stderr}"
 

@@ -27,6 +27,7 @@ EXPECTED = {
     "RedisScheduler",
     "ResultTimeoutError",
     "ScheduleEntry",
+    "TaskRequest",
     "TaskSystemError",
     "TransientError",
     "UnknownTaskError",
