@@ -28,7 +28,6 @@ from kombu.common import maybe_declare
 from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import JSONEncoder
-from kombu.utils.json import dumps as _json_dumps
 from kombu.utils.uuid import uuid
 
 __all__ = [
@@ -40,11 +39,6 @@ __all__ = [
     "pipeline_commands",
     "prepare_task",
 ]
-
-
-def dumps(value: Any) -> str:
-    """JSON the way kombu writes message envelopes."""
-    return str(_json_dumps(value))  # type: ignore[no-untyped-call]
 
 
 #: ``json.dumps(value, cls=JSONEncoder)`` builds this same encoder for every call.
@@ -251,18 +245,65 @@ Command = tuple[str, tuple[Any, ...]]
 _EMPTY_REPR: dict[type, str] = {kind: saferepr(kind(), 1024) for kind in (list, tuple, dict)}
 
 
+class _JsonTemplate:
+    """The JSON text of a value in which some leaves are named holes.
+
+    A JSON object or array is written as the concatenation of its encoded members in
+    order, so filling each hole with the JSON text of a value gives exactly the text of
+    encoding the value with that leaf replaced; only the leaves are encoded per use.
+    """
+
+    def __init__(self, value: Any, holes: Mapping[str, str]) -> None:
+        text = _JSON_ENCODER.encode(value)
+        found = []
+        for name, sentinel in holes.items():
+            encoded = _JSON_ENCODER.encode(sentinel)
+            if text.count(encoded) != 1:
+                raise ValueError(f"hole {name!r} is not in the template exactly once")
+            found.append((text.index(encoded), len(encoded), name))
+        self.literals: list[str] = []
+        self.names: list[str] = []
+        position = 0
+        for index, length, name in sorted(found):
+            self.literals.append(text[position:index])
+            self.names.append(name)
+            position = index + length
+        self.literals.append(text[position:])
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The text with each hole replaced by ``values[name]`` (already JSON)."""
+        parts = [self.literals[0]]
+        for name, literal in zip(self.names, self.literals[1:], strict=True):
+            parts.append(values[name])
+            parts.append(literal)
+        return "".join(parts)
+
+
+def _holes(*names: str) -> dict[str, str]:
+    nonce = uuid()
+    return {name: f"@@tasksys-hole:{name}:{nonce}@@" for name in names}
+
+
+def _set(container: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        container = container[key]
+    container[path[-1]] = value
+
+
 @dataclass
 class _Template:
-    """The messages Celery built for one (task, queue, priority, thread) shape, decoded,
-    with the places that hold the task id noted."""
+    """Text templates of the task message, its body and its ``task-sent`` event, made
+    from what Celery built for one (task, queue, priority, thread) shape."""
 
     key: str
-    message: dict[str, Any]
-    embed: Any
-    event_topic: str | None
-    event: dict[str, Any] | None
-    event_body: dict[str, Any] | None
+    body_encoding: str | None
+    body: _JsonTemplate
+    message: _JsonTemplate
     root_is_id: bool
+    event_topic: str | None = None
+    event_body_encoding: str | None = None
+    event_body: _JsonTemplate | None = None
+    event: _JsonTemplate | None = None
 
 
 class MessageFactory:
@@ -323,23 +364,54 @@ class MessageFactory:
             return None
         if headers.get("id") != task_id or properties.get("correlation_id") != task_id:
             return None
-        embed = json.loads(self._decode(message["body"], properties.get("body_encoding")))[2]
-        topic = event = event_body = None
+        root_is_id = headers.get("root_id") == task_id
+        body_encoding = properties.get("body_encoding")
+        embed = json.loads(self._decode(message["body"], body_encoding))[2]
+        holes = _holes("args", "kwargs")
+        body = _JsonTemplate([holes["args"], holes["kwargs"], embed], holes)
+        places = {
+            "body": ("body",),
+            "id": ("headers", "id"),
+            "argsrepr": ("headers", "argsrepr"),
+            "kwargsrepr": ("headers", "kwargsrepr"),
+            "correlation_id": ("properties", "correlation_id"),
+            "delivery_tag": ("properties", "delivery_tag"),
+        }
+        if root_is_id:
+            places["root_id"] = ("headers", "root_id")
+        template = _Template(
+            key=key,
+            body_encoding=body_encoding,
+            body=body,
+            message=self._with_holes(message, places),
+            root_is_id=root_is_id,
+        )
         if events:
             topic, event_payload = events[0]
             event = json.loads(event_payload)
             if event.get("content-type") != "application/json":
                 return None
-            event_body = json.loads(self._decode(event["body"], event["properties"].get("body_encoding")))
-        return _Template(
-            key=key,
-            message=message,
-            embed=embed,
-            event_topic=topic,
-            event=event,
-            event_body=event_body,
-            root_is_id=headers.get("root_id") == task_id,
-        )
+            encoding = event["properties"].get("body_encoding")
+            event_body = json.loads(self._decode(event["body"], encoding))
+            body_places = {
+                name: (name,) for name in ("uuid", "args", "kwargs", "clock", "utcoffset", "timestamp")
+            }
+            if root_is_id:
+                body_places["root_id"] = ("root_id",)
+            template.event_topic = topic
+            template.event_body_encoding = encoding
+            template.event_body = self._with_holes(event_body, body_places)
+            template.event = self._with_holes(
+                event, {"body": ("body",), "delivery_tag": ("properties", "delivery_tag")}
+            )
+        return template
+
+    @staticmethod
+    def _with_holes(value: dict[str, Any], places: Mapping[str, tuple[str, ...]]) -> _JsonTemplate:
+        holes = _holes(*places)
+        for name, path in places.items():
+            _set(value, path, holes[name])
+        return _JsonTemplate(value, holes)
 
     def _from_template(self, template: _Template, request: TaskRequest) -> tuple[str, list[Command]]:
         app = self.app
@@ -352,61 +424,46 @@ class MessageFactory:
         kwargsrepr = _EMPTY_REPR.get(type(kwargs)) if not kwargs else None
         if kwargsrepr is None:
             kwargsrepr = saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels=app.conf.task_repr_maxlevels)
-        message = template.message
-        headers = {**message["headers"], "id": task_id, "argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
-        if template.root_is_id:
-            headers["root_id"] = task_id
-        properties = {
-            **message["properties"],
-            "correlation_id": task_id,
-            "delivery_tag": uuid(),
-            "delivery_info": dict(message["properties"]["delivery_info"]),
-        }
-        body = self._encode((args, kwargs, template.embed), properties.get("body_encoding"))
-        commands: list[Command] = [
-            (
-                "lpush",
-                (
-                    template.key,
-                    dumps({**message, "body": body, "headers": headers, "properties": properties}),
-                ),
-            ),
-        ]
+        id_text, argsrepr_text, kwargsrepr_text = encode(task_id), encode(argsrepr), encode(kwargsrepr)
+        body = template.body.render({"args": encode(args), "kwargs": encode(kwargs)})
+        payload = template.message.render(
+            {
+                "body": encode(self._encode_body(body, template.body_encoding)),
+                "id": id_text,
+                "root_id": id_text,
+                "correlation_id": id_text,
+                "argsrepr": argsrepr_text,
+                "kwargsrepr": kwargsrepr_text,
+                "delivery_tag": encode(uuid()),
+            }
+        )
+        commands: list[Command] = [("lpush", (template.key, payload))]
         if template.event is not None and template.event_body is not None:
-            event_body = {
-                **template.event_body,
-                "uuid": task_id,
-                "args": argsrepr,
-                "kwargs": kwargsrepr,
-                "clock": app.clock.forward(),
-                "utcoffset": utcoffset(),
-                "timestamp": time.time(),
-            }
-            if template.root_is_id:
-                event_body["root_id"] = task_id
-            event = template.event
-            event_properties = {
-                **event["properties"],
-                "delivery_tag": uuid(),
-                "delivery_info": dict(event["properties"]["delivery_info"]),
-            }
-            encoded = self._encode(event_body, event_properties.get("body_encoding"))
-            commands.append(
-                (
-                    "publish",
-                    (
-                        template.event_topic,
-                        encode({**event, "body": encoded, "properties": event_properties}),
-                    ),
-                )
+            event_body = template.event_body.render(
+                {
+                    "uuid": id_text,
+                    "root_id": id_text,
+                    "args": argsrepr_text,
+                    "kwargs": kwargsrepr_text,
+                    "clock": encode(app.clock.forward()),
+                    "utcoffset": encode(utcoffset()),
+                    "timestamp": encode(time.time()),
+                }
             )
+            event = template.event.render(
+                {
+                    "body": encode(self._encode_body(event_body, template.event_body_encoding)),
+                    "delivery_tag": encode(uuid()),
+                }
+            )
+            commands.append(("publish", (template.event_topic, event)))
         return task_id, commands
 
     def _decode(self, body: Any, body_encoding: str | None) -> Any:
         return self.channel.decode_body(body, body_encoding)  # type: ignore[no-untyped-call]
 
-    def _encode(self, body: Any, body_encoding: str | None) -> Any:
-        encoded, _ = self.channel.encode_body(_JSON_ENCODER.encode(body), body_encoding)  # type: ignore[no-untyped-call]
+    def _encode_body(self, text: str, body_encoding: str | None) -> Any:
+        encoded, _ = self.channel.encode_body(text, body_encoding)  # type: ignore[no-untyped-call]
         return encoded
 
 
