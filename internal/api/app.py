@@ -44,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await client.aclose()
         await close_redis()
         await close_db()
         logger.info("api: database and Redis closed")

@@ -41,10 +41,11 @@ def require_public(client: CeleryClient, task_name: str) -> None:
         raise UnknownTaskError(task_name)
 
 
-def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> TaskAccepted:
-    """Validate and send one task; nothing is sent when anything is rejected."""
+async def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> TaskAccepted:
+    """Validate and send one task without blocking the event loop; nothing is sent when
+    anything is rejected."""
     require_public(client, body.task)
-    result = client.submit(
+    task_id = await client.submit_async(
         body.task,
         body.args,
         body.kwargs,
@@ -56,7 +57,7 @@ def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> 
         expires=body.expires,
     )
     metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
-    return TaskAccepted(task_id=result.id, status=states.PENDING)
+    return TaskAccepted(task_id=task_id, status=states.PENDING)
 
 
 def _error(value: Any) -> TaskError | None:

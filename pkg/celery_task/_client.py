@@ -145,6 +145,7 @@ def _default_conf(
         "tasksys_key_prefix": "tasksys:",
         "tasksys_revoke_expires": 3 * 24 * 3600,
         "tasksys_unacked_heartbeat_interval": 10.0,
+        "tasksys_async_max_connections": 50,
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
         conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
@@ -254,11 +255,15 @@ class _AsyncPublisher:
         self.channel = self.producer.channel
         self._declared_queues: set[str] = set()
         transport = client.app.conf.broker_transport_options or {}
-        self.redis = redis.asyncio.Redis.from_url(
+        # Bounded, and a burst waits (up to 2 s) for a free connection instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             client.broker_url,
+            max_connections=int(client.app.conf.tasksys_async_max_connections),
+            timeout=2,
             socket_connect_timeout=transport.get("socket_connect_timeout", 2),
             socket_timeout=transport.get("socket_timeout", 10),
         )
+        self.redis = redis.asyncio.Redis(connection_pool=pool)
         self.lock = threading.Lock()
         self.declare(client.app.amqp.default_queue)
 

@@ -20,11 +20,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 
 @router.post("", status_code=202, response_model=TaskAccepted, responses=ERRORS)
-def submit_task(
+async def submit_task(
     body: TaskSubmit, client: Client, metrics: Annotated[Metrics, Depends(get_metrics)]
 ) -> TaskAccepted:
     """Send a public task; answers at once with its id."""
-    return service.submit_task(client=client, metrics=metrics, body=body)
+    return await service.submit_task(client=client, metrics=metrics, body=body)
 
 
 @router.post("/status", response_model=StatusesOut, responses=ERRORS)
