@@ -6,6 +6,7 @@ own ``celery.*`` tasks, internal tasks) is "unknown" to outside callers.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from celery import states
@@ -114,20 +115,24 @@ def _group_info(client: CeleryClient, group: GroupResult) -> TaskInfo:
     )
 
 
-def get_task(*, client: CeleryClient, task_id: str) -> TaskInfo:
+async def get_task(*, client: CeleryClient, task_id: str, wait: float = 0.0) -> TaskInfo:
     """State, result or error, progress, retries, queue, worker and timing of one task
-    (or of a group workflow). An id never seen reads as ``PENDING``."""
-    meta = client.get_task_metas([task_id])[task_id]
+    (or of a group workflow). With ``wait`` > 0, answers as soon as the task is done,
+    or after ``wait`` seconds. An id never seen reads as ``PENDING``."""
+    if wait > 0:
+        meta = await client.wait_async(task_id, wait)
+    else:
+        meta = (await client.get_task_metas_async([task_id]))[task_id]
     if meta.get("status", states.PENDING) == states.PENDING and "name" not in meta:
-        group = client.app.GroupResult.restore(task_id)
+        group = await asyncio.to_thread(client.app.GroupResult.restore, task_id)
         if group is not None:
-            return _group_info(client, group)
+            return await asyncio.to_thread(_group_info, client, group)
     return _info_from_meta(task_id, meta)
 
 
-def get_task_statuses(*, client: CeleryClient, task_ids: list[str]) -> dict[str, str]:
+async def get_task_statuses(*, client: CeleryClient, task_ids: list[str]) -> dict[str, str]:
     """Statuses of up to 1000 tasks, in one Redis round trip."""
-    return client.get_statuses(task_ids)
+    return await client.get_statuses_async(task_ids)
 
 
 def revoke_task(*, client: CeleryClient, task_id: str, terminate: bool) -> TaskAccepted:

@@ -8,7 +8,6 @@ import asyncio
 import importlib.util
 import logging
 import math
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from kombu.utils.json import dumps as _kombu_json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from redbeat.schedulers import ensure_conf, get_redis
 
+from ._async import AsyncPublisher, AsyncResults
 from ._beat import ScheduleEntry
 from ._errors import (
     BrokerUnavailableError,
@@ -243,55 +243,6 @@ def check_json_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None
     raise InvalidArgumentsError("task arguments cannot be sent as JSON", field="args")
 
 
-class _AsyncPublisher:
-    """Per event loop: a kombu channel to build messages with (made in a thread, as it
-    connects) and a redis.asyncio client to write them."""
-
-    def __init__(self, client: CeleryClient) -> None:
-        self.client = client
-        self.connection = client.app.connection_for_write()
-        self.producer = client.app.amqp.Producer(self.connection)
-        self.factory = MessageFactory(client.app, self.producer)
-        self.channel = self.producer.channel
-        self._declared_queues: set[str] = set()
-        transport = client.app.conf.broker_transport_options or {}
-        # Bounded, and a burst waits (up to 2 s) for a free connection instead of failing.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            client.broker_url,
-            max_connections=int(client.app.conf.tasksys_async_max_connections),
-            timeout=2,
-            socket_connect_timeout=transport.get("socket_connect_timeout", 2),
-            socket_timeout=transport.get("socket_timeout", 10),
-        )
-        self.redis = redis.asyncio.Redis(connection_pool=pool)
-        self.lock = threading.Lock()
-        self.declare(client.app.amqp.default_queue)
-
-    def declare(self, queue: Any) -> None:
-        """Declare a queue once (blocking I/O: call it from a thread)."""
-        with self.lock:
-            if queue.name not in self._declared_queues:
-                queue(self.channel).declare()
-                self._declared_queues.add(queue.name)
-
-    async def send(self, request: TaskRequest) -> str:
-        queue_name = self.client.resolve_queue(request.task_name, request.options.get("queue"))
-        if queue_name not in self._declared_queues:
-            await asyncio.to_thread(self.declare, self.client.app.amqp.queues[queue_name])
-        with self.lock:
-            task_id, commands = self.factory.build(request)
-        with self.client._unreachable(f"could not send task {request.task_name!r}"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for name, args in commands:
-                    getattr(pipe, name)(*args)
-                await pipe.execute()
-        return task_id
-
-    async def aclose(self) -> None:
-        await self.redis.aclose()
-        await asyncio.to_thread(self.connection.release)
-
-
 class CeleryClient:
     """A configured Celery app plus the operations a service needs around it."""
 
@@ -360,7 +311,10 @@ class CeleryClient:
         self._hooks = WorkerHooks(app)
         self._registry_loaded = False
         self._closed = False
-        self._async_publisher: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPublisher] = (
+        self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._results: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncResults] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -612,17 +566,51 @@ class CeleryClient:
         )
         if not self._fast_path_ok([request]):
             return await asyncio.to_thread(self._send_validated, request)
-        fast = self._async_publisher.get(asyncio.get_running_loop())
-        if fast is None:
-            fast = await asyncio.to_thread(_AsyncPublisher, self)
-            self._async_publisher[asyncio.get_running_loop()] = fast
-        return await fast.send(request)
+        loop = asyncio.get_running_loop()
+        publisher = self._publishers.get(loop)
+        if publisher is None:
+            with self._unreachable(f"could not send task {task_name!r}"):
+                publisher = await asyncio.to_thread(AsyncPublisher, self)
+            publisher = self._publishers.setdefault(loop, publisher)
+        return await publisher.send(request)
+
+    def _async_results(self) -> AsyncResults:
+        loop = asyncio.get_running_loop()
+        results = self._results.get(loop)
+        if results is None:
+            results = self._results[loop] = AsyncResults(self)
+        return results
+
+    async def get_task_metas_async(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`get_task_metas` for ``async`` code (one MGET on redis.asyncio)."""
+        if not task_ids:
+            return {}
+        if (
+            not hasattr(self.app.backend, "get_key_for_task")
+            or _scheme(self.backend_url) not in _REDIS_SCHEMES
+        ):
+            return await asyncio.to_thread(self.get_task_metas, task_ids)
+        return await self._async_results().metas(task_ids)
+
+    async def get_statuses_async(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """:meth:`get_statuses` for ``async`` code."""
+        metas = await self.get_task_metas_async(list(dict.fromkeys(task_ids)))
+        return {task_id: _public_state(meta.get("status")) for task_id, meta in metas.items()}
+
+    async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` s for the task to finish without blocking the loop;
+        its stored metadata (whatever the state is when the time is up)."""
+        if _scheme(self.backend_url) not in _REDIS_SCHEMES:
+            return (await asyncio.to_thread(self.get_task_metas, [task_id]))[task_id]
+        return await self._async_results().wait(task_id, timeout)
 
     async def aclose(self) -> None:
-        """Close the redis.asyncio connections of :meth:`submit_async` in this loop."""
-        fast = self._async_publisher.pop(asyncio.get_running_loop(), None)
-        if fast is not None:
-            await fast.aclose()
+        """Close the redis.asyncio connections the async methods opened in this loop."""
+        loop = asyncio.get_running_loop()
+        for registry in (self._publishers, self._results):
+            side = registry.pop(loop, None)
+            if side is not None:
+                await side.aclose()
 
     @contextmanager
     def _unreachable(self, what: str) -> Iterator[None]:

@@ -103,7 +103,7 @@ def test_messages_equal_send_task_field_by_field(
     client: CeleryClient, redis_db: RedisDb, unique: str, task: str, args: list, kwargs: dict, options: dict
 ) -> None:
     pubsub = redis_db.client.pubsub()
-    pubsub.psubscribe("*celeryev*")
+    pubsub.psubscribe(f"/{redis_db.number}.celeryev/*")  # pub/sub spans databases: only ours
     pubsub.get_message(timeout=1)
 
     def events() -> list[dict[str, Any]]:

@@ -28,16 +28,23 @@ async def submit_task(
 
 
 @router.post("/status", response_model=StatusesOut, responses=ERRORS)
-def task_statuses(body: StatusesQuery, client: Client) -> StatusesOut:
+async def task_statuses(body: StatusesQuery, client: Client) -> StatusesOut:
     """Statuses of up to 1000 tasks in one Redis round trip."""
-    return StatusesOut(statuses=service.get_task_statuses(client=client, task_ids=body.task_ids))
+    return StatusesOut(statuses=await service.get_task_statuses(client=client, task_ids=body.task_ids))
 
 
 @router.get("/{task_id}", response_model=TaskInfo, responses=ERRORS)
-def get_task(task_id: TaskIdPath, client: Client) -> TaskInfo:
+async def get_task(
+    task_id: TaskIdPath,
+    client: Client,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=60, description="long-poll: answer when the task is done, or after this many seconds"),
+    ] = 0,
+) -> TaskInfo:
     """A task's status, result or error, progress, retries, queue, worker and runtime.
     Celery cannot tell an unknown id from a queued task: both read ``PENDING``."""
-    return service.get_task(client=client, task_id=task_id)
+    return await service.get_task(client=client, task_id=task_id, wait=wait)
 
 
 @router.delete("/{task_id}", status_code=202, response_model=TaskAccepted, responses=ERRORS)
