@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
-from celery import states
+from celery import Celery, states
+from kombu.common import maybe_declare
 
 from ._fastpath import MessageFactory, TaskRequest
 
 if TYPE_CHECKING:
     from ._client import CeleryClient
 
-__all__ = ["AsyncPublisher", "AsyncResults"]
+__all__ = ["AsyncPublisher", "AsyncResults", "SyncPublisher"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +41,39 @@ def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPoo
     )
 
 
-class AsyncPublisher:
-    """A kombu channel to build messages with (made in a thread, as it connects) and a
-    redis.asyncio client to write them."""
+class SyncPublisher:
+    """A long-lived kombu connection and channel plus the message templates built on
+    it; ``lock`` guards building, the channel's client is thread-safe for writing."""
+
+    def __init__(self, app: Celery) -> None:
+        self.connection = app.connection_for_write()
+        self.producer = app.amqp.Producer(self.connection)
+        self.factory = MessageFactory(app, self.producer)
+        self.channel = self.producer.channel
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.connection.release()
+
+
+class AsyncPublisher(SyncPublisher):
+    """A :class:`SyncPublisher` (made in a thread, as it connects) plus a redis.asyncio
+    client to write the messages with."""
 
     def __init__(self, client: CeleryClient) -> None:
+        super().__init__(client.app)
         self.client = client
-        self.connection = client.app.connection_for_write()
-        self.producer = client.app.amqp.Producer(self.connection)
-        self.factory = MessageFactory(client.app, self.producer)
-        self.channel = self.producer.channel
         self._declared_queues: set[str] = set()
         self.redis = redis.asyncio.Redis(connection_pool=_pool(client, client.broker_url))
-        self.lock = threading.Lock()
         self.declare(client.app.amqp.default_queue)
 
     def declare(self, queue: Any) -> None:
-        """Declare a queue once (blocking I/O: call it from a thread)."""
+        """Declare a queue once, through kombu's declared-entities cache, so building
+        its messages later does no I/O (blocking: call it from a thread)."""
         with self.lock:
             if queue.name not in self._declared_queues:
-                queue(self.channel).declare()
+                maybe_declare(queue, self.channel)  # type: ignore[no-untyped-call]
                 self._declared_queues.add(queue.name)
 
     async def send(self, request: TaskRequest) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import math
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,7 +33,7 @@ from kombu.utils.json import dumps as _kombu_json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from redbeat.schedulers import ensure_conf, get_redis
 
-from ._async import AsyncPublisher, AsyncResults
+from ._async import AsyncPublisher, AsyncResults, SyncPublisher
 from ._beat import ScheduleEntry
 from ._errors import (
     BrokerUnavailableError,
@@ -311,6 +313,8 @@ class CeleryClient:
         self._hooks = WorkerHooks(app)
         self._registry_loaded = False
         self._closed = False
+        self._lock = threading.Lock()
+        self._publisher: SyncPublisher | None = None
         self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = (
             weakref.WeakKeyDictionary()
         )
@@ -464,8 +468,25 @@ class CeleryClient:
                 options,
             )
         )
+        if not self._fast_path_ok([request]):
+            with self._unreachable(f"could not send task {task_name!r}"):
+                return self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
         with self._unreachable(f"could not send task {task_name!r}"):
-            return self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
+            publisher = self._sync_publisher()
+            with publisher.lock:
+                task_id, commands = publisher.factory.build(request)
+            with publisher.channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+                for name, args in commands:
+                    getattr(pipe, name)(*args)
+                pipe.execute()
+        return self.app.AsyncResult(task_id)
+
+    def _sync_publisher(self) -> SyncPublisher:
+        """The long-lived channel and message templates :meth:`submit` builds with."""
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = SyncPublisher(self.app)
+            return self._publisher
 
     def _validated(self, request: TaskRequest) -> TaskRequest:
         """Check one request; the result carries the options ``send_task`` takes."""
@@ -695,10 +716,19 @@ class CeleryClient:
         return _public_state(AsyncResult(task_id, app=self.app).state)
 
     def get_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
-        """Statuses of many tasks in one round trip to Redis (one MGET)."""
+        """Statuses of many tasks in one round trip to Redis (one MGET); only the
+        ``status`` field of each stored result is decoded."""
         ids = list(dict.fromkeys(task_ids))
-        metas = self.get_task_metas(ids)
-        return {task_id: _public_state(meta.get("status")) for task_id, meta in metas.items()}
+        backend = self.app.backend
+        client = getattr(backend, "client", None)
+        if client is None or not hasattr(backend, "get_key_for_task"):
+            return {
+                task_id: _public_state(meta.get("status"))
+                for task_id, meta in self.get_task_metas(ids).items()
+            }
+        with self._unreachable("could not read task states"):
+            values = client.mget([backend.get_key_for_task(task_id) for task_id in ids]) if ids else []
+        return {task_id: _status_of(raw, backend) for task_id, raw in zip(ids, values, strict=True)}
 
     def get_task_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored result metadata per id (``{"status": "PENDING"}`` when nothing is stored)."""
@@ -978,7 +1008,20 @@ class CeleryClient:
         if self._closed:
             return
         self._closed = True
+        if self._publisher is not None:
+            self._publisher.close()
         self.app.close()
+
+
+def _status_of(raw: bytes | None, backend: Any) -> str:
+    """The status in a stored result (JSON: the client only accepts JSON results)."""
+    if not raw:
+        return str(states.PENDING)
+    try:
+        status = json.loads(raw)["status"]
+    except (ValueError, KeyError, TypeError):
+        status = backend.decode_result(raw).get("status")
+    return _public_state(status)
 
 
 def _public_state(state: Any) -> str:

@@ -1,4 +1,4 @@
-"""submit_many and submit_async publish exactly what Celery's send_task publishes."""
+"""submit, submit_many and submit_async publish exactly what Celery's send_task publishes."""
 
 from __future__ import annotations
 
@@ -132,6 +132,12 @@ def test_messages_equal_send_task_field_by_field(
     (bulk,) = drain(redis_db)
     (bulk_event,) = events()
 
+    assert [client.submit(task, args, kwargs, task_id=task_id, **options).id for _ in range(2)] == [
+        task_id
+    ] * 2
+    plain, plain_template = drain(redis_db)
+    plain_event, plain_template_event = events()
+
     async def send_async() -> list[str]:
         try:
             return [
@@ -146,12 +152,19 @@ def test_messages_equal_send_task_field_by_field(
     pubsub.close()
 
     assert reference["headers"]["task"] == task and reference["headers"]["id"] == task_id
-    for message in (bulk, bulk_template, single, single_template):
+    for message in (bulk, bulk_template, plain, plain_template, single, single_template):
         assert message["_key"] == reference["_key"]  # same queue and priority sub-queue
         same(message, reference)
         assert message["properties"]["delivery_tag"] != reference["properties"]["delivery_tag"]
     assert reference_event["properties"]["delivery_info"]["routing_key"] == "task.sent"
-    for event in (bulk_event, bulk_template_event, single_event, single_template_event):
+    for event in (
+        bulk_event,
+        bulk_template_event,
+        plain_event,
+        plain_template_event,
+        single_event,
+        single_template_event,
+    ):
         same({**event, "body": ""}, {**reference_event, "body": ""})
         same_event(event, reference_event)
 

@@ -1,0 +1,31 @@
+"""Tasks the benchmarks run on the project's worker (``CELERY_EXTRA_INCLUDE=bench.tasks``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+from internal.infra.celery import celery_client
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def bench_redis() -> redis.Redis:
+    """A client on the benchmark's Redis, one per process."""
+    if os.getpid() not in _clients:
+        _clients[os.getpid()] = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    return _clients[os.getpid()]
+
+
+@celery_client.app.task(name="bench.noop", public=True)
+def noop() -> None:
+    """Count the run (the same INCR every framework's no-op does), nothing else."""
+    bench_redis().incr("bench:done")
+
+
+@celery_client.app.task(name="bench.stamp", public=True)
+def stamp(key: str) -> None:
+    """Record when this run started (beat lateness)."""
+    bench_redis().rpush(key, repr(time.time()))
