@@ -1,4 +1,5 @@
-"""Request-scoped access to the objects the app was built with."""
+"""Request-scoped access to the objects the app was built with. ``async`` on purpose:
+FastAPI runs plain ``def`` dependencies in its thread pool, a hop per request."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from pkg.celery_task import CeleryClient
 __all__ = ["get_client", "get_metrics"]
 
 
-def get_client(request: Request) -> CeleryClient:
+async def get_client(request: Request) -> CeleryClient:
     """The app's CeleryClient."""
     client: CeleryClient = request.app.state.celery_client
     return client
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     """The app's metrics."""
     metrics: Metrics = request.app.state.metrics
     return metrics

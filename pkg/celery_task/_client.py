@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -315,6 +316,7 @@ class CeleryClient:
         self._closed = False
         self._lock = threading.Lock()
         self._publisher: SyncPublisher | None = None
+        self._route_cache: dict[str, str] = {}
         self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = (
             weakref.WeakKeyDictionary()
         )
@@ -354,12 +356,17 @@ class CeleryClient:
         )
 
     def resolve_queue(self, task_name: str, queue: str | None = None) -> str:
-        """The queue a task would be sent to: ``queue`` if given, else its route."""
+        """The queue a task would be sent to: ``queue`` if given, else its route
+        (remembered per task name: the client's routes are a fixed mapping)."""
         if queue:
             return queue
-        options = self.app.amqp.router.route({}, task_name)
-        target = options.get("queue")
-        return str(getattr(target, "name", target) or self.task_default_queue)
+        resolved = self._route_cache.get(task_name)
+        if resolved is None:
+            target = self.app.amqp.router.route({}, task_name).get("queue")
+            resolved = self._route_cache[task_name] = str(
+                getattr(target, "name", target) or self.task_default_queue
+            )
+        return resolved
 
     def _check_task_name(self, task_name: Any) -> str:
         if not isinstance(task_name, str) or not task_name.strip():
@@ -505,12 +512,14 @@ class CeleryClient:
         )
         return TaskRequest(request.task_name, args_list, kwargs_dict, options=sent)
 
+    @cached_property
+    def _redis_broker(self) -> bool:
+        """Redis broker without a global key prefix: the fast paths apply."""
+        transport_options = self.app.conf.broker_transport_options or {}
+        return _scheme(self.broker_url) in _REDIS_SCHEMES and not transport_options.get("global_keyprefix")
+
     def _fast_path_ok(self, requests: Sequence[TaskRequest]) -> bool:
-        return (
-            _scheme(self.broker_url) in _REDIS_SCHEMES
-            and all(set(r.options) <= FAST_OPTIONS for r in requests)
-            and not self.app.conf.broker_transport_options.get("global_keyprefix")
-        )
+        return self._redis_broker and all(r.options.keys() <= FAST_OPTIONS for r in requests)
 
     def submit_many(
         self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, chunk_size: int = 1000
