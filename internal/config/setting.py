@@ -8,7 +8,7 @@ mask the password for logs, errors and health output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -118,6 +118,7 @@ class CelerySettings(BaseSettings):
     result_expires: int = Field(86400, gt=0)
     revoke_expires: int = Field(3 * 86400, gt=0)
     visibility_timeout: int = Field(60, ge=5)
+    profile: Literal["default", "throughput"] = "default"
 
     @field_validator("pool")
     @classmethod

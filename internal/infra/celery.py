@@ -13,7 +13,7 @@ from celery.schedules import crontab
 from internal.config.setting import Settings, setting
 from internal.infra.database import close_db, init_db
 from internal.infra.redis import close_redis, init_redis
-from pkg.celery_task import BrokerUnavailableError, CeleryClient
+from pkg.celery_task import THROUGHPUT_PROFILE, BrokerUnavailableError, CeleryClient
 
 __all__ = [
     "CELERY_INCLUDE_MODULES",
@@ -90,6 +90,7 @@ def build_celery_client(settings: Settings) -> CeleryClient:
         result_expires=settings.celery.result_expires,
         tasksys_revoke_expires=settings.celery.revoke_expires,
         broker_transport_options={"visibility_timeout": settings.celery.visibility_timeout},
+        **(THROUGHPUT_PROFILE if settings.celery.profile == "throughput" else {}),
     )
     client.register_worker_hooks(on_startup=_worker_startup, on_shutdown=_worker_shutdown)
     return client

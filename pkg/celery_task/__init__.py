@@ -7,7 +7,7 @@ Imports nothing from ``internal/``.
 """
 
 from ._beat import RedisScheduler, ScheduleEntry
-from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, CeleryClient
+from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient
 from ._errors import (
     BrokerUnavailableError,
     InvalidArgumentsError,
@@ -31,6 +31,7 @@ __all__ = [
     "MIN_PRIORITY",
     "SCHEDULE_TYPES",
     "TASK_STATES",
+    "THROUGHPUT_PROFILE",
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",

@@ -1,21 +1,56 @@
-"""Redis result backend that also records when a task started and how long it ran.
+"""Redis result backend: records start time and runtime, stores each state in one
+atomic round trip, and writes STARTED only for tasks that are still running.
 
-``BaseTask`` stamps ``started_at`` on the request when the body starts; finished
-results then carry ``date_started`` and ``runtime_ms`` next to Celery's ``date_done``.
+- ``BaseTask`` stamps ``started_at`` on the request when the body starts; results then
+  carry ``date_started`` and ``runtime_ms`` next to Celery's ``date_done``.
+- Celery writes a state as GET (to keep an existing SUCCESS) then SET + PUBLISH: two
+  round trips with a race between them. A Lua script does the same check and write
+  atomically in one, with the same value, expiry and notification.
+- With ``task_track_started`` every task writes STARTED, and a short task overwrites
+  it a few milliseconds later. STARTED is written once the task has run for
+  ``tasksys_started_delay`` seconds (0: at once, as Celery does); any later state of
+  the task cancels a pending STARTED, so STARTED never lands after it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.exceptions import BackendStoreError
 
 __all__ = ["TimedRedisBackend"]
 
+logger = logging.getLogger(__name__)
+
+#: KEYS[1] result key; ARGV[1] encoded meta; ARGV[2] expiry in seconds (0: none).
+#: Returns 0 (and writes nothing) when the stored state is already SUCCESS.
+STORE_UNLESS_SUCCESS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local ok, meta = pcall(cjson.decode, current)
+    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
+        return 0
+    end
+end
+if tonumber(ARGV[2]) > 0 then
+    redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
-    """Celery's Redis backend plus ``date_started`` and ``runtime_ms`` in the result."""
+    """Celery's Redis backend plus ``date_started``/``runtime_ms``, with atomic stores."""
 
     def _get_result_meta(
         self,
@@ -36,3 +71,98 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
                 finished = datetime.now(UTC).timestamp()
                 meta["runtime_ms"] = round((finished - started_at) * 1000, 3)
         return meta
+
+    def _store_result(
+        self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        if self.serializer != "json":
+            return super()._store_result(
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        key = self.get_key_for_task(task_id)
+        deferred = self._deferred_started()
+        if state == states.STARTED and deferred is not None:
+            deferred.add(key, (key, value, expires))
+            return result
+        if deferred is not None:
+            deferred.cancel(key)
+        self.ensure(self._store_unless_success, (key, value, expires))
+        return result
+
+    def _deferred_started(self) -> _DeferredWrites | None:
+        delay = float(self.app.conf.get("tasksys_started_delay") or 0)
+        if delay <= 0:
+            return None
+        deferred = self.__dict__.get("_tasksys_deferred")
+        if deferred is None or deferred.pid != os.getpid():
+            deferred = self.__dict__["_tasksys_deferred"] = _DeferredWrites(
+                lambda *args: self.ensure(self._store_unless_success, args), delay
+            )
+        return deferred
+
+    def _store_unless_success(self, key: bytes, value: str, expires: Any) -> None:
+        seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
+        self._store_script(keys=[key], args=[value, seconds])
+
+    @property
+    def _store_script(self) -> Any:
+        script = self.__dict__.get("_tasksys_store_script")
+        if script is None:
+            script = self.__dict__["_tasksys_store_script"] = self.client.register_script(
+                STORE_UNLESS_SUCCESS
+            )
+        return script
+
+
+class _DeferredWrites:
+    """Writes queued by key after a delay, on a daemon thread of this process.
+
+    The lock is held while a write runs, so :meth:`cancel` returns only once a write
+    already under way for that key has finished: a later write can never be overtaken.
+    """
+
+    def __init__(self, write: Any, delay: float) -> None:
+        self.pid = os.getpid()
+        self.write = write
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.wakeup = threading.Condition(self.lock)
+        self.pending: dict[Any, tuple[float, tuple[Any, ...]]] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, key: Any, args: tuple[Any, ...]) -> None:
+        """Write ``args`` after the delay unless cancelled first."""
+        with self.lock:
+            self.pending[key] = (time.monotonic() + self.delay, args)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="tasksys-deferred-started", daemon=True)
+                self.thread.start()
+            self.wakeup.notify()
+
+    def cancel(self, key: Any) -> None:
+        """Drop a pending write (waiting for one that is being written)."""
+        with self.lock:
+            self.pending.pop(key, None)
+
+    def _run(self) -> None:
+        with self.lock:
+            while True:
+                if not self.pending:
+                    self.wakeup.wait()
+                    continue
+                key, (due, args) = min(self.pending.items(), key=lambda item: item[1][0])
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self.wakeup.wait(wait)
+                    continue
+                del self.pending[key]
+                try:
+                    self.write(*args)
+                except Exception:  # a loop boundary: report and keep serving other tasks
+                    logger.warning("could not store the STARTED state of %r", key, exc_info=True)

@@ -12,6 +12,7 @@ EXPECTED = {
     "MIN_PRIORITY",
     "SCHEDULE_TYPES",
     "TASK_STATES",
+    "THROUGHPUT_PROFILE",
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",
