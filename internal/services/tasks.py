@@ -46,19 +46,34 @@ async def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmi
     """Validate and send one task without blocking the event loop; nothing is sent when
     anything is rejected."""
     require_public(client, body.task)
-    task_id = await client.submit_async(
-        body.task,
-        body.args,
-        body.kwargs,
-        task_id=body.task_id,
-        queue=body.queue,
-        priority=body.priority,
-        countdown=body.countdown,
-        eta=body.eta,
-        expires=body.expires,
-    )
+    task_id = await client.submit_async(body.task, body.args, body.kwargs, **_options(body))
     metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
     return TaskAccepted(task_id=task_id, status=states.PENDING)
+
+
+async def submit_task_and_wait(
+    *, client: CeleryClient, metrics: Metrics, body: TaskSubmit, wait: float
+) -> TaskInfo:
+    """Send a task and wait up to ``wait`` seconds for it to finish (listening before it
+    is sent, so a fast result is never missed); the task as ``get_task`` shows it."""
+    require_public(client, body.task)
+    options = _options(body)
+    task_id, meta = await client.submit_and_wait_async(
+        body.task, body.args, body.kwargs, timeout=wait, task_id=options.pop("task_id"), **options
+    )
+    metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
+    return _info_from_meta(task_id, meta)
+
+
+def _options(body: TaskSubmit) -> dict[str, Any]:
+    return {
+        "task_id": body.task_id,
+        "queue": body.queue,
+        "priority": body.priority,
+        "countdown": body.countdown,
+        "eta": body.eta,
+        "expires": body.expires,
+    }
 
 
 def _error(value: Any) -> TaskError | None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -128,15 +128,27 @@ class AsyncResults:
             for task_id, raw in zip(task_ids, values, strict=True)
         }
 
-    async def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
-        """The task's metadata once it is ready, or as it stands after ``timeout`` s."""
+    async def wait(
+        self, task_id: str, timeout: float, submit: Callable[[], Awaitable[Any]] | None = None
+    ) -> dict[str, Any]:
+        """The task's metadata once it is ready, or as it stands after ``timeout`` s.
+        With ``submit``, the waiter listens first and then calls it to send the task."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if submit is None:
+            meta = (await self.metas([task_id]))[task_id]
+            if meta.get("status") in states.READY_STATES or timeout <= 0:
+                return meta
         key = bytes(self.backend.get_key_for_task(task_id))
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._waiters.setdefault(key, set()).add(future)
         try:
-            await self._subscribe(key)
+            if submit is None:
+                await self._subscribe(key)
+            else:
+                # Send while subscribing; the state read below (after both) catches a
+                # result stored before the subscription was active.
+                await asyncio.gather(self._subscribe(key), submit())
             while True:
                 meta = (await self.metas([task_id]))[task_id]
                 remaining = deadline - loop.time()
@@ -155,17 +167,18 @@ class AsyncResults:
                     await self._unsubscribe(key)
 
     async def _subscribe(self, key: bytes) -> None:
+        ack = self._acks.get(key)
+        if ack is not None:  # another waiter subscribed (or is subscribing) this channel
+            await asyncio.wait_for(asyncio.shield(ack), 2.0)
+            return
+        # Registered before SUBSCRIBE is sent: the listener may see the confirmation first.
+        ack = self._acks[key] = asyncio.get_running_loop().create_future()
         try:
             if self._pubsub is None:
                 self._pubsub = self.redis.pubsub()
+            await self._pubsub.subscribe(key)  # the first one also connects the listener's socket
             if self._reader is None or self._reader.done():
-                await self._pubsub.subscribe(key)  # connects first, so the reader has a socket
                 self._reader = asyncio.create_task(self._read(), name="tasksys-result-listener")
-            elif key not in self._acks:
-                await self._pubsub.subscribe(key)
-            else:
-                return
-            ack = self._acks[key] = asyncio.get_running_loop().create_future()
             await asyncio.wait_for(asyncio.shield(ack), 2.0)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             # Waiting still works by re-reading the state; it is only slower.

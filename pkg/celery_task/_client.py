@@ -32,6 +32,7 @@ from celery.result import AsyncResult, GroupResult
 from celery.utils.time import maybe_make_aware
 from kombu.utils.json import dumps as _kombu_json_dumps
 from kombu.utils.url import maybe_sanitize_url
+from kombu.utils.uuid import uuid
 from redbeat.schedulers import ensure_conf, get_redis
 
 from ._async import AsyncPublisher, AsyncResults, SyncPublisher
@@ -620,15 +621,40 @@ class CeleryClient:
                 options,
             )
         )
+        return await self._send_async(request)
+
+    async def _send_async(self, request: TaskRequest) -> str:
         if not self._fast_path_ok([request]):
             return await asyncio.to_thread(self._send_validated, request)
         loop = asyncio.get_running_loop()
         publisher = self._publishers.get(loop)
         if publisher is None:
-            with self._unreachable(f"could not send task {task_name!r}"):
+            with self._unreachable(f"could not send task {request.task_name!r}"):
                 publisher = await asyncio.to_thread(AsyncPublisher, self)
             publisher = self._publishers.setdefault(loop, publisher)
         return await publisher.send(request)
+
+    async def submit_and_wait_async(
+        self,
+        task_name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> tuple[str, dict[str, Any]]:
+        """Send a task and wait up to ``timeout`` s for it, listening for its result
+        before it is sent; its id and stored metadata (whatever the state then)."""
+        request = self._validated(
+            TaskRequest(task_name, args or (), kwargs or {}, task_id or uuid(), **options)
+        )
+        task_id = request.options["task_id"]
+        if _scheme(self.backend_url) not in _REDIS_SCHEMES:
+            await self._send_async(request)
+            return task_id, await self.wait_async(task_id, timeout)
+        meta = await self._async_results().wait(task_id, timeout, submit=lambda: self._send_async(request))
+        return task_id, meta
 
     def _async_results(self) -> AsyncResults:
         loop = asyncio.get_running_loop()

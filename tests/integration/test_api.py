@@ -435,3 +435,24 @@ def test_many_concurrent_long_polls_share_one_listener(api: Api) -> None:
 
     infos = asyncio.run(run())
     assert [i["status"] for i in infos] == ["SUCCESS"] * 60
+
+
+def test_submit_and_wait_in_one_request(api: Api, unique: str) -> None:
+    done = api.http.post(
+        "/api/v1/tasks",
+        params={"wait": 20},
+        json={"task": "math.number_sum", "args": [2, 3], "task_id": f"sw-{unique}"},
+    )
+    assert done.status_code == 200
+    info = done.json()
+    assert set(info) == TASK_FIELDS
+    assert info["task_id"] == f"sw-{unique}" and info["status"] == "SUCCESS" and info["result"] == 5
+
+    slow = api.http.post("/api/v1/tasks", params={"wait": 0.3}, json={"task": "tests.sleep", "args": [2]})
+    assert slow.status_code == 202 and slow.json()["status"] in ("PENDING", "STARTED")
+    assert wait_done(api, slow.json()["task_id"])["status"] == "SUCCESS"
+    assert_error(
+        api.http.post("/api/v1/tasks", params={"wait": 1}, json={"task": "tests.internal_only"}),
+        404,
+        "unknown_task",
+    )

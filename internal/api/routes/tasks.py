@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from celery import states
 from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import JSONResponse
 
 from internal.api.deps import get_client, get_metrics
 from internal.api.metrics import Metrics
@@ -19,12 +21,35 @@ TaskIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[A-Za-
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
 
 
-@router.post("", status_code=202, response_model=TaskAccepted, responses=ERRORS)
+@router.post(
+    "",
+    status_code=202,
+    response_model=TaskAccepted,
+    responses={**ERRORS, 200: {"model": TaskInfo, "description": "with wait > 0: the task finished"}},
+)
 async def submit_task(
-    body: TaskSubmit, client: Client, metrics: Annotated[Metrics, Depends(get_metrics)]
-) -> TaskAccepted:
-    """Send a public task; answers at once with its id."""
-    return await service.submit_task(client=client, metrics=metrics, body=body)
+    body: TaskSubmit,
+    client: Client,
+    metrics: Annotated[Metrics, Depends(get_metrics)],
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description=(
+                "submit and wait up to this many seconds; the answer is then the task as GET "
+                "/tasks/{task_id} shows it: 200 if it finished, 202 if not yet"
+            ),
+        ),
+    ] = 0,
+) -> Any:
+    """Send a public task; answers at once with its id (or, with ``wait``, when done)."""
+    if wait <= 0:
+        return await service.submit_task(client=client, metrics=metrics, body=body)
+    info = await service.submit_task_and_wait(client=client, metrics=metrics, body=body, wait=wait)
+    return JSONResponse(
+        info.model_dump(mode="json"), status_code=200 if info.status in states.READY_STATES else 202
+    )
 
 
 @router.post("/status", response_model=StatusesOut, responses=ERRORS)
