@@ -27,11 +27,12 @@ def make_client(url: str) -> CeleryClient:
     """The production wiring (routes, static schedule, limits) on the benchmark's Redis."""
     from pydantic import SecretStr
 
-    from internal.config.setting import RedisSettings, load_settings
+    from internal.config.setting import CelerySettings, RedisSettings, load_settings
     from internal.infra.celery import build_celery_client
 
     settings = load_settings(env_file=None)
     settings.redis = RedisSettings(url=SecretStr(url))
+    settings.celery = CelerySettings(extra_include="bench.tasks")
     return build_celery_client(settings)
 
 

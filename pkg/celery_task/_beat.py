@@ -1,8 +1,9 @@
 """RedBeat scheduler and entry with the fixes a dynamic schedule needs.
 
 - Disabled entries score -1 in the schedule index, so beat never loads them.
-- Interval entries advance from their due time, not from the moment they were sent, so
-  a 1 s entry does not drift by the send latency on every run.
+- Interval entries advance from their due time, not from the moment they were sent,
+  and beat wakes for the next due time, so a 1 s entry does not drift by the send
+  latency on every run.
 - ``once`` entries are disabled after their single run.
 - Static entries keep their ``enabled`` flag and run history across beat restarts
   (RedBeat would otherwise re-enable a static entry an operator disabled).
@@ -10,12 +11,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.schedules import schedstate
 from celery.schedules import schedule as interval_schedule
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
+from redbeat.decoder import RedBeatJSONEncoder
+from redbeat.schedulers import get_redis
 
 from ._schedules import is_once
 
@@ -39,6 +44,28 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
             return None
         return _round_to_ms(now + max(remaining, timedelta(0)))
 
+    def save(self, pipe: Any = None) -> ScheduleEntry:
+        """Store the entry (definition, first run history, due index), in ``pipe`` if
+        given (for bulk writes) or in one transaction. Same fields as RedBeat writes."""
+        if pipe is None:
+            with get_redis(self.app).pipeline() as own:
+                self.save(own)
+                own.execute()
+            return self
+        definition = {
+            "name": self.name,
+            "task": self.task,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "schedule": self.schedule,
+            "enabled": self.enabled,
+        }
+        pipe.hset(self.key, "definition", json.dumps(definition, cls=RedBeatJSONEncoder))
+        pipe.hsetnx(self.key, "meta", json.dumps({"last_run_at": self.last_run_at}, cls=RedBeatJSONEncoder))
+        pipe.zadd(self.app.redbeat_conf.schedule_key, {self.key: self.score})
+        return self
+
     @property
     def score(self) -> float:
         if not self.enabled:
@@ -55,6 +82,17 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         )
 
     __next__ = next = _next_instance
+
+    def is_due(self) -> Any:
+        """Celery answers "due, next check in one full interval" from *now*, so every
+        run would start a little later than the last; wait until the next due time."""
+        state = super().is_due()
+        if state.is_due:
+            due = self._due_time_if_on_schedule()
+            if due is not None:
+                remaining = due + self.schedule.run_every - self._default_now()
+                return schedstate(True, max(remaining.total_seconds(), 0.0))
+        return state
 
     def _due_time_if_on_schedule(self) -> datetime | None:
         """For an interval entry that is less than one period late, the time it was due."""

@@ -848,6 +848,44 @@ class CeleryClient:
         """Create or replace a schedule entry in Redis; a running beat picks it up within
         about a second. With ``replace=False`` an existing entry is a conflict. Returns
         the entry name; the run history of a replaced entry is kept."""
+        entry = self._build_entry(
+            task_name,
+            schedule_type,
+            schedule_value,
+            name=name,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            options=options,
+            enabled=enabled,
+        )
+        self._store_entries([entry], replace=replace)
+        return str(entry.name)
+
+    def add_periodic_tasks(self, entries: Iterable[Mapping[str, Any]], *, replace: bool = True) -> list[str]:
+        """Create or replace many entries (each a mapping of :meth:`add_periodic_task`'s
+        arguments), all validated first and written in pipelined batches."""
+        built = [self._build_entry(**spec) for spec in entries]
+        names = [str(entry.name) for entry in built]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("entry names must be unique within one call", field="name")
+        self._store_entries(built, replace=replace)
+        return names
+
+    def _build_entry(
+        self,
+        task_name: str,
+        schedule_type: str,
+        schedule_value: Any,
+        *,
+        name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> ScheduleEntry:
+        """Validate one entry's arguments; nothing is written."""
         self._check_task_name(task_name)
         sched = parse_schedule(schedule_type, schedule_value, tz=self.app.timezone, now=self.app.now())
         args_list = list(args or ())
@@ -873,24 +911,43 @@ class CeleryClient:
             )
         if not isinstance(enabled, bool):
             raise InvalidRequestError(f"enabled must be true or false; got {enabled!r}", field="enabled")
-        with self._unreachable("could not store periodic task"):
-            if name in self._static_names():
-                raise PeriodicTaskConflictError(
-                    name, "it is a static entry; it can only be enabled or disabled"
-                )
-            if not replace and self._state_redis().exists(self._entry_key(name)):
-                raise PeriodicTaskConflictError(name, "an entry of that name exists; update it instead")
-            ScheduleEntry(
-                name=name,
-                task=task_name,
-                schedule=sched,
-                args=args_list,
-                kwargs=kwargs_dict,
-                options=opts,
-                enabled=enabled,
-                app=self.app,
-            ).save()
-        return name
+        return ScheduleEntry(
+            name=name,
+            task=task_name,
+            schedule=sched,
+            args=args_list,
+            kwargs=kwargs_dict,
+            options=opts,
+            enabled=enabled,
+            app=self.app,
+        )
+
+    def _store_entries(
+        self, entries: Sequence[ScheduleEntry], *, replace: bool, chunk_size: int = 1000
+    ) -> None:
+        with self._unreachable("could not store periodic tasks"):
+            statics = self._static_names()
+            client = self._state_redis()
+            for entry in entries:
+                if entry.name in statics:
+                    raise PeriodicTaskConflictError(
+                        entry.name, "it is a static entry; it can only be enabled or disabled"
+                    )
+            if not replace:
+                with client.pipeline(transaction=False) as pipe:
+                    for entry in entries:
+                        pipe.exists(entry.key)
+                    exists = pipe.execute()
+                taken = [entry.name for entry, found in zip(entries, exists, strict=True) if found]
+                if taken:
+                    raise PeriodicTaskConflictError(
+                        taken[0], "an entry of that name exists; update it instead"
+                    )
+            for start in range(0, len(entries), chunk_size):
+                with client.pipeline(transaction=False) as pipe:
+                    for entry in entries[start : start + chunk_size]:
+                        entry.save(pipe)
+                    pipe.execute()
 
     def remove_periodic_task(self, name: str) -> bool:
         """Delete an entry; ``False`` if there was none. It never fires again."""

@@ -167,3 +167,31 @@ def test_route_priority_10_is_clamped_to_9() -> None:
         "clamp", "redis://127.0.0.1:6379/15", task_routes={"a.*": {"queue": "q", "priority": 10}}
     )
     assert client.app.conf.task_routes == {"a.*": {"queue": "q", "priority": 9}}
+
+
+def test_add_periodic_tasks_in_bulk(client: CeleryClient, redis_db: RedisDb) -> None:
+    specs = [
+        {
+            "task_name": "math.number_sum",
+            "schedule_type": "cron",
+            "schedule_value": "0 3 * * *",
+            "name": f"bulk-{i}",
+            "args": [i, i],
+        }
+        for i in range(300)
+    ]
+    assert client.add_periodic_tasks(specs) == [f"bulk-{i}" for i in range(300)]
+    entries = {e["name"]: e for e in client.list_periodic_tasks()}
+    assert entries["bulk-7"]["args"] == [7, 7] and entries["bulk-7"]["schedule"]["value"] == "0 3 * * *"
+    assert entries["bulk-7"]["next_run_at"].endswith("03:00:00+08:00")
+
+    before = snapshot(redis_db)
+    with pytest.raises(PeriodicTaskConflictError):
+        client.add_periodic_tasks([{**specs[0], "name": "fresh"}, {**specs[0], "name": "task_heartbeat_30s"}])
+    with pytest.raises(PeriodicTaskConflictError, match="exists"):
+        client.add_periodic_tasks([{**specs[0], "name": "fresh"}, specs[1]], replace=False)
+    with pytest.raises(InvalidRequestError, match="unique"):
+        client.add_periodic_tasks([specs[0], specs[0]])
+    with pytest.raises(InvalidScheduleError):
+        client.add_periodic_tasks([{**specs[0], "name": "fresh"}, {**specs[1], "schedule_value": "nope"}])
+    assert snapshot(redis_db) == before
