@@ -27,7 +27,7 @@ from tests.support.services import free_port
 
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for the benchmark's own API
 BODY = '{"task": "math.number_sum", "args": [1, 2]}'
-DURATION = 10
+DURATION = 8
 
 
 def start(argv: list[str], env: dict[str, str], log_dir: Path, name: str) -> tuple[ManagedProcess, str]:

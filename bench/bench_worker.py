@@ -28,7 +28,7 @@ import redis
 from bench._harness import ManagedProcess, Report, bench_env, private_redis
 from pkg.celery_task import TaskRequest
 
-N = 20_000
+N = 15_000
 SKIP = 200
 
 

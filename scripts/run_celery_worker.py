@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def worker_argv(argv: list[str]) -> list[str]:
     ]
 
 
+def bounded_sigterm() -> None:
+    """With ``CELERY_SOFT_SHUTDOWN_TIMEOUT`` set, SIGTERM waits that long for running
+    tasks, then stops them and returns their messages to the queue (Celery applies the
+    soft timeout to its cold shutdown; billiard's ``REMAP_SIGTERM`` makes SIGTERM one).
+    Must run before Celery is imported."""
+    from internal.config.setting import CelerySettings
+
+    if CelerySettings().soft_shutdown_timeout > 0:
+        os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Refuse Windows, then run the worker in this process."""
     if sys.platform.startswith("win"):
@@ -66,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         celery_argv = worker_argv(sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
         sys.exit(f"run_celery_worker: invalid worker option: {exc}")
+    bounded_sigterm()
 
     from internal.infra.celery import celery_app
 

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from internal.api.errors import install_error_handlers
 from internal.api.metrics import Metrics
 from internal.api.middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, MetricsMiddleware
-from internal.api.routes import operations, periodic, tasks, workflows
+from internal.api.routes import dead_letters, operations, periodic, tasks, workflows
 from internal.config.setting import Settings, setting
 from internal.infra.celery import celery_client, init_celery
 from internal.infra.database import close_db, init_db
@@ -62,7 +62,7 @@ def create_app(settings: Settings = setting, client: CeleryClient = celery_clien
     app.state.celery_client = client
     app.state.metrics = Metrics(client)
     install_error_handlers(app)
-    api_routers = (tasks.router, workflows.router, periodic.router, operations.router)
+    api_routers = (tasks.router, workflows.router, periodic.router, dead_letters.router, operations.router)
     for router in api_routers:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(operations.probes)

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pkg.celery_task import (
     BrokerUnavailableError,
+    DeadLetterNotFoundError,
+    DeadLetterNotResubmittableError,
     InvalidRequestError,
     PeriodicTaskConflictError,
     PeriodicTaskNotFoundError,
@@ -96,6 +98,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PeriodicTaskNotFoundError)
     async def _no_entry(request: Request, exc: PeriodicTaskNotFoundError) -> JSONResponse:
         return _response(404, "periodic_task_not_found", str(exc), {"name": exc.name})
+
+    @app.exception_handler(DeadLetterNotFoundError)
+    async def _no_dead_letter(request: Request, exc: DeadLetterNotFoundError) -> JSONResponse:
+        return _response(404, "dead_letter_not_found", str(exc), {"id": exc.entry_id})
+
+    @app.exception_handler(DeadLetterNotResubmittableError)
+    async def _not_resubmittable(request: Request, exc: DeadLetterNotResubmittableError) -> JSONResponse:
+        return _response(409, "conflict", str(exc), {"id": exc.entry_id})
 
     @app.exception_handler(PeriodicTaskConflictError)
     async def _conflict(request: Request, exc: PeriodicTaskConflictError) -> JSONResponse:

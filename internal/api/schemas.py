@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 __all__ = [
+    "DeadLetter",
+    "DeadLetterList",
     "ErrorBody",
     "PeriodicTask",
     "PeriodicTaskCreate",
@@ -239,6 +241,32 @@ class Readiness(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, CheckOut]
+
+
+class DeadLetter(BaseModel):
+    """A task that failed for good, or a message no worker could run."""
+
+    id: str
+    task_id: str | None = None
+    task: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    queue: str | None = None
+    reason: str
+    error: TaskError | None = None
+    traceback: str | None = None
+    retries: int | None = None
+    content_type: str | None = None
+    body: str | None = None
+    resubmittable: bool
+    recorded_at: str
+
+
+class DeadLetterList(BaseModel):
+    """A page of the dead-letter list."""
+
+    total: int
+    dead_letters: list[DeadLetter]
 
 
 class ErrorDetail(BaseModel):

@@ -117,7 +117,8 @@ class CelerySettings(BaseSettings):
     task_time_limit: float = Field(360.0, gt=0)
     result_expires: int = Field(86400, gt=0)
     revoke_expires: int = Field(3 * 86400, gt=0)
-    visibility_timeout: int = Field(60, ge=5)
+    visibility_timeout: int = Field(30, ge=5)
+    soft_shutdown_timeout: float = Field(0.0, ge=0)
     profile: Literal["default", "throughput"] = "default"
 
     @field_validator("pool")

@@ -10,6 +10,8 @@ from ._beat import RedisScheduler, ScheduleEntry
 from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient
 from ._errors import (
     BrokerUnavailableError,
+    DeadLetterNotFoundError,
+    DeadLetterNotResubmittableError,
     InvalidArgumentsError,
     InvalidPriorityError,
     InvalidRequestError,
@@ -35,6 +37,8 @@ __all__ = [
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",
+    "DeadLetterNotFoundError",
+    "DeadLetterNotResubmittableError",
     "EventLoopThread",
     "InvalidArgumentsError",
     "InvalidPriorityError",

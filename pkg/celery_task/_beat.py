@@ -16,11 +16,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from celery.schedules import schedstate
 from celery.schedules import schedule as interval_schedule
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import get_redis
+from redis.exceptions import LockError
 
 from ._schedules import is_once
 
@@ -134,6 +136,28 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
                 entry.total_run_count = stored.total_run_count
                 entry.enabled = stored.enabled
             entry.save()
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """RedBeat's tick, surviving Redis outages: while Redis is unreachable nothing is
+        sent and the tick is retried every second; a lock that expired meanwhile (and
+        may now be held by a standby) is waited for again, as a standby does."""
+        try:
+            return float(super().tick(*args, **kwargs))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning("beat: Redis unreachable (%s); retrying in 1 s", exc)
+            return 1.0
+        except LockError as exc:
+            logger.warning("beat: lost the schedule lock (%s); waiting to hold it again", exc)
+            self.lock.acquire()
+            logger.info("beat: Acquired lock")
+            return 0.0
+
+    def close(self) -> None:
+        """Release the lock if Redis answers; otherwise it expires by itself."""
+        try:
+            super().close()
+        except (redis.ConnectionError, redis.TimeoutError, LockError) as exc:
+            logger.warning("beat: could not release the schedule lock (%s); it expires by itself", exc)
 
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any

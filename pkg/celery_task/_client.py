@@ -37,8 +37,11 @@ from redbeat.schedulers import ensure_conf, get_redis
 
 from ._async import AsyncPublisher, AsyncResults, SyncPublisher
 from ._beat import ScheduleEntry
+from ._deadletter import connect_failure_recorder, dead_letters_for
 from ._errors import (
     BrokerUnavailableError,
+    DeadLetterNotFoundError,
+    DeadLetterNotResubmittableError,
     InvalidArgumentsError,
     InvalidPriorityError,
     InvalidRequestError,
@@ -161,27 +164,40 @@ def _default_conf(
         "beat_scheduler": "pkg.celery_task._beat:RedisScheduler",
         "beat_max_loop_interval": 1.0,
         "redbeat_redis_url": state_url,
-        "redbeat_redis_options": {},
+        # Beat rides out a Redis restart: each schedule read or write retries for a minute.
+        "redbeat_redis_options": {"retry_period": 60},
         "redbeat_lock_timeout": 25,
         # State this package keeps in Redis (revokes; see tasksys_* below).
         "tasksys_redis_url": state_url,
         "tasksys_key_prefix": "tasksys:",
         "tasksys_revoke_expires": 3 * 24 * 3600,
-        "tasksys_unacked_heartbeat_interval": 10.0,
+        # None: a sixth of the broker's visibility timeout.
+        "tasksys_unacked_heartbeat_interval": None,
+        # Workers store results through a Redis restart (producers keep failing fast).
+        "tasksys_worker_backend_retry_policy": {
+            "max_retries": 60,
+            "interval_start": 0.0,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
         "tasksys_async_max_connections": 50,
         # Worker task events go out in batches: at most this late, at most this many.
         "tasksys_event_flush_interval": 0.1,
         "tasksys_event_buffer_limit": 200,
         # STARTED is stored only for tasks still running after this many seconds.
         "tasksys_started_delay": 0.1,
+        # Tasks that failed for good and refused messages, kept for inspection/resubmission.
+        "tasksys_dead_letter_max": 10_000,
+        "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
         conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
         conf["broker_transport_options"] = {
             "priority_steps": PRIORITY_STEPS,
-            # A message a dead worker held is back in the queue within ~visibility
-            # timeout + restore interval; live workers refresh theirs (UnackedHeartbeat).
-            "visibility_timeout": 60,
+            # A message a dead worker held is back in the queue within visibility
+            # timeout + restore interval (~35 s); live workers refresh theirs
+            # (UnackedHeartbeat), so long and ETA tasks are never handed out twice.
+            "visibility_timeout": 30,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
@@ -339,6 +355,7 @@ class CeleryClient:
         ensure_conf(app)  # RedBeat's key names, read once from the conf above
         self.app: Celery = app
         self._hooks = WorkerHooks(app)
+        connect_failure_recorder(app)
         self._registry_loaded = False
         self._closed = False
         self._lock = threading.Lock()
@@ -457,6 +474,7 @@ class CeleryClient:
                 f"expires must be a number of seconds > 0 or a datetime; got {expires!r}",
                 field="expires",
             )
+        self._check_time_limits(options)
         if isinstance(expires, datetime) and expires.tzinfo is None:
             expires = maybe_make_aware(expires, self.app.timezone)
         sent = dict(options)
@@ -471,6 +489,29 @@ class CeleryClient:
             if value is not None:
                 sent[key] = value
         return sent
+
+    def _check_time_limits(self, options: Mapping[str, Any]) -> None:
+        """Celery arms the hard limit only once the soft one has passed: a hard limit at
+        or below the soft limit in force would not apply when asked, so refuse it."""
+        for name in ("soft_time_limit", "time_limit"):
+            value = options.get(name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise InvalidRequestError(
+                    f"{name} must be a number of seconds > 0; got {value!r}", field=name
+                )
+        hard = options.get("time_limit")
+        soft = options.get("soft_time_limit", self.app.conf.task_soft_time_limit)
+        if hard is not None and soft is not None and soft >= hard:
+            raise InvalidRequestError(
+                f"time_limit {hard} s must exceed the soft time limit in force ({soft} s); "
+                "pass a smaller soft_time_limit too",
+                field="time_limit",
+            )
 
     def submit(
         self,
@@ -1033,6 +1074,44 @@ class CeleryClient:
             "total_run_count": int(entry.total_run_count or 0),
             "static": entry.name in statics,
         }
+
+    # -- dead letters ----------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """Tasks that failed for good and messages workers refused, newest first: the
+        total and one page. Each entry has id, task_id, task, args, kwargs, queue,
+        reason, error, traceback, recorded_at and whether it can be re-submitted."""
+        with self._unreachable("could not read the dead-letter list"):
+            return dead_letters_for(self.app, self._state_redis()).list(limit=limit, offset=offset)
+
+    def get_dead_letter(self, entry_id: str) -> dict[str, Any]:
+        """One entry, or :class:`DeadLetterNotFoundError`."""
+        with self._unreachable("could not read the dead-letter list"):
+            entry = dead_letters_for(self.app, self._state_redis()).get(entry_id)
+        if entry is None:
+            raise DeadLetterNotFoundError(entry_id)
+        return entry
+
+    def resubmit_dead_letter(self, entry_id: str) -> str:
+        """Send the entry's task again (same id, args, kwargs and queue) and remove the
+        entry; the task id."""
+        entry = self.get_dead_letter(entry_id)
+        if not entry.get("resubmittable") or not entry.get("task"):
+            raise DeadLetterNotResubmittableError(entry_id, f"it was recorded as {entry.get('reason')!r}")
+        result = self.submit(
+            entry["task"],
+            entry.get("args") or [],
+            entry.get("kwargs") or {},
+            task_id=entry.get("task_id") or None,
+            queue=entry.get("queue") or None,
+        )
+        self.delete_dead_letter(entry_id)
+        return str(result.id)
+
+    def delete_dead_letter(self, entry_id: str) -> bool:
+        """Remove an entry; ``False`` if there was none."""
+        with self._unreachable("could not update the dead-letter list"):
+            return dead_letters_for(self.app, self._state_redis()).remove(entry_id)
 
     # -- workers and queues ----------------------------------------------------------
 

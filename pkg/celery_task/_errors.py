@@ -10,6 +10,8 @@ The tree::
     │   └── InvalidPriorityError                 priority outside 0..9
     ├── PeriodicTaskNotFoundError (also KeyError) no entry of that name
     ├── PeriodicTaskConflictError                the entry is static: disable it, do not delete/replace
+    ├── DeadLetterNotFoundError (also KeyError)  no dead-letter entry with that id
+    ├── DeadLetterNotResubmittableError          the entry has no task to send again (undecodable)
     ├── BrokerUnavailableError                   broker/backend unreachable; nothing half-sent
     └── ResultTimeoutError (also TimeoutError)   get_result waited longer than asked
 """
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerUnavailableError",
+    "DeadLetterNotFoundError",
+    "DeadLetterNotResubmittableError",
     "InvalidArgumentsError",
     "InvalidPriorityError",
     "InvalidRequestError",
@@ -81,6 +85,25 @@ class PeriodicTaskConflictError(TaskSystemError):
         super().__init__(f"periodic task {name!r} cannot be changed: {reason}")
         self.name = name
         self.reason = reason
+
+
+class DeadLetterNotFoundError(TaskSystemError, KeyError):
+    """No dead-letter entry has that id."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(entry_id)
+        self.entry_id = entry_id
+
+    def __str__(self) -> str:
+        return f"no dead-letter entry {self.entry_id!r}"
+
+
+class DeadLetterNotResubmittableError(TaskSystemError):
+    """The dead-letter entry holds no task that can be sent again."""
+
+    def __init__(self, entry_id: str, reason: str) -> None:
+        super().__init__(f"dead-letter entry {entry_id!r} cannot be re-submitted: {reason}")
+        self.entry_id = entry_id
 
 
 class BrokerUnavailableError(TaskSystemError):

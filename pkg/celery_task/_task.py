@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import celery
 import redis.exceptions
+from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ._loop import run_coroutine
@@ -80,7 +81,20 @@ class BaseTask(celery.Task):  # type: ignore[misc]
                 self.max_retries,
                 countdown,
             )
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            try:
+                raise self.retry(exc=exc, countdown=countdown) from exc
+            except Reject as rejected:
+                # Celery rejects *without* requeue when it cannot publish the retry
+                # (broker down): the task would be dropped. Keep the message instead.
+                if rejected.requeue:
+                    raise
+                logger.warning(
+                    "task %s[%s]: could not schedule the retry (%s); returning it to the queue",
+                    self.name,
+                    self.request.id,
+                    rejected.reason,
+                )
+                raise Reject(rejected.reason, requeue=True) from exc
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before retry number ``retries + 1``."""

@@ -27,6 +27,8 @@ class PriorityRedisChannel(kombu_redis.Channel):
     one client per connection pool (kombu builds a new ``redis.Redis``, with its ~170
     response callbacks, for every publish and every ack)."""
 
+    _pool: Any
+
     _shared_client: redis.Redis | None = None
 
     @contextmanager
@@ -35,7 +37,13 @@ class PriorityRedisChannel(kombu_redis.Channel):
             yield client
             return
         shared = self._shared_client
-        if shared is None or shared.connection_pool is not self.pool:
+        if shared is None or shared.connection_pool is not self._pool:
+            if self._pool is None and getattr(self.connection, "client", None) is None:
+                # Closing after a lost connection: kombu would rebuild a pool from a
+                # connection that is gone and crash the worker (AttributeError). Report
+                # a connection error, which the close path ignores; the unacked
+                # messages stay in Redis and come back after the visibility timeout.
+                raise redis.ConnectionError("the channel's connection is closed")
             shared = self._shared_client = self._create_client()  # type: ignore[no-untyped-call]
         yield shared
 

@@ -21,11 +21,15 @@ from celery import signals as celery_signals
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
+from kombu.utils.url import maybe_sanitize_url
 
+from ._deadletter import dead_letters_for, error_of
 from ._loop import process_loop
 
 __all__ = [
+    "Consumer",
     "DurableRevokes",
     "EventBatching",
     "RevokeStore",
@@ -87,6 +91,8 @@ class WorkerHooks:
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if not self._is_ours(getattr(sender, "app", None)):
             return
+        _refuse_wrong_credentials(self.app)
+        _use_worker_backend_retries(self.app)
         pool_cls = get_implementation(sender.pool_cls)
         if isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
             return  # the children run the hooks (worker_process_init)
@@ -143,6 +149,42 @@ class WorkerHooks:
                     exc_info=True,
                 )
         process_loop().stop()
+
+
+#: Exit status of a worker whose Redis credentials are refused (EX_CONFIG).
+BAD_CREDENTIALS_EXIT = 78
+
+
+def _refuse_wrong_credentials(app: Celery) -> None:
+    """Stop at once, saying so, if Redis refuses the worker's password: Celery would
+    retry forever, since redis-py reports it as a connection error."""
+    urls = {app.conf.tasksys_redis_url, app.conf.broker_url, app.conf.result_backend}
+    for url in sorted(u for u in urls if isinstance(u, str) and u.startswith(("redis://", "rediss://"))):
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.AuthenticationError as exc:
+            logger.critical(
+                "Redis at %s refused the credentials (%s); check REDIS_PASSWORD or the URL",
+                maybe_sanitize_url(url),
+                exc,
+            )
+            raise SystemExit(BAD_CREDENTIALS_EXIT) from None
+        except (redis.RedisError, OSError):
+            pass  # not reachable yet: Celery keeps retrying the connection
+        finally:
+            client.close()
+
+
+def _use_worker_backend_retries(app: Celery) -> None:
+    """In a worker, result stores retry long enough to ride out a Redis restart."""
+    options = dict(app.conf.result_backend_transport_options or {})
+    options["retry_policy"] = dict(app.conf.tasksys_worker_backend_retry_policy)
+    app.conf.result_backend_transport_options = options
+    backend = app.backend
+    if hasattr(backend, "_transport_options"):  # Redis backend: copied from the conf when built
+        backend._transport_options = options
+        backend.__dict__.pop("retry_policy", None)  # a cached_property
 
 
 def _hook_name(hook: Hook) -> str:
@@ -256,7 +298,9 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         channel = c.task_consumer.channel if c.task_consumer is not None else None
         if not isinstance(channel, kombu_redis.Channel):
             return
-        interval = float(c.app.conf.tasksys_unacked_heartbeat_interval)
+        interval = float(
+            c.app.conf.tasksys_unacked_heartbeat_interval or max(1.0, channel.visibility_timeout / 6)
+        )
         stop = threading.Event()
         thread = threading.Thread(
             target=self._beat,
@@ -377,3 +421,55 @@ class TimerCompaction(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's worker consumer, which also dead-letters the messages it refuses:
+    unregistered task names, invalid messages and bodies it cannot decode (including
+    content types it does not accept, such as pickle). Celery logs and drops them."""
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, body, "unregistered", exc)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, body, "invalid", exc)
+        super().on_invalid_task(body, message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, body, "invalid", None)
+        super().on_unknown_message(body, message)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, None, "undecodable", exc)
+        super().on_decode_error(message, exc)
+
+    def _dead_letter(self, message: Any, body: Any, reason: str, exc: Exception | None) -> None:
+        headers = getattr(message, "headers", None) or {}
+        if body is None and reason != "undecodable":
+            try:
+                body = message.decode()  # Celery hands over no body for unregistered tasks
+            except Exception:  # the entry is recorded without arguments then
+                body = None
+        args = kwargs = None
+        if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+            args, kwargs = list(body[0]), body[1]
+        raw = getattr(message, "body", None)
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        entry = {
+            "task_id": headers.get("id"),
+            "task": headers.get("task"),
+            "args": args,
+            "kwargs": kwargs,
+            "queue": (getattr(message, "delivery_info", None) or {}).get("routing_key"),
+            "reason": reason,
+            "error": error_of(exc),
+            "content_type": getattr(message, "content_type", None),
+            "body": None if args is not None else (raw[:4000] if isinstance(raw, str) else None),
+            "resubmittable": args is not None and bool(headers.get("task")),
+        }
+        try:
+            dead_letters_for(self.app).record(entry)
+        except redis.RedisError:
+            logger.error("could not dead-letter a refused message (%s)", reason, exc_info=True)

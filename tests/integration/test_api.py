@@ -456,3 +456,37 @@ def test_submit_and_wait_in_one_request(api: Api, unique: str) -> None:
         404,
         "unknown_task",
     )
+
+
+def test_dead_letters_list_show_resubmit_and_delete(api: Api, client, unique: str) -> None:  # type: ignore[no-untyped-def]
+    from pkg.celery_task._deadletter import dead_letters_for
+
+    task_id = api.http.post("/api/v1/tasks", json={"task": "tests.always_fails", "args": [unique]}).json()[
+        "task_id"
+    ]
+    assert wait_done(api, task_id)["status"] == "FAILURE"
+    entry = wait_for(lambda: _dead_letter(api, task_id), timeout=20, what="the dead letter")
+    assert (
+        entry["reason"] == "failed" and entry["error"]["type"] == "TransientError" and entry["resubmittable"]
+    )
+    shown = api.http.get(f"/api/v1/dead-letters/{entry['id']}").json()
+    assert shown["task_id"] == task_id and shown["args"] == [unique] and shown["traceback"]
+
+    resubmitted = api.http.post(f"/api/v1/dead-letters/{entry['id']}/resubmit")
+    assert resubmitted.status_code == 202 and resubmitted.json() == {"task_id": task_id, "status": "PENDING"}
+    wait_for(lambda: _dead_letter(api, task_id), timeout=20, what="the re-submitted task to fail again")
+    assert api.http.delete(f"/api/v1/dead-letters/{entry['id']}").status_code == 204
+    assert_error(api.http.get(f"/api/v1/dead-letters/{entry['id']}"), 404, "dead_letter_not_found")
+    assert_error(api.http.delete(f"/api/v1/dead-letters/{entry['id']}"), 404, "dead_letter_not_found")
+
+    undecodable = dead_letters_for(client.app).record(
+        {"id": f"raw-{unique}", "reason": "undecodable", "body": "{not json", "resubmittable": False}
+    )
+    assert_error(api.http.post(f"/api/v1/dead-letters/{undecodable}/resubmit"), 409, "conflict")
+    api.http.delete(f"/api/v1/dead-letters/{undecodable}")
+
+
+def _dead_letter(api: Api, task_id: str) -> dict[str, Any] | None:
+    page = api.http.get("/api/v1/dead-letters", params={"limit": 1000}).json()
+    assert set(page) == {"total", "dead_letters"}
+    return next((e for e in page["dead_letters"] if e["task_id"] == task_id), None)

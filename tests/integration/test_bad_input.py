@@ -59,6 +59,17 @@ SUBMIT_CASES = [
     ({"task_id": ""}, InvalidRequestError, "task_id must be a non-empty string"),
     ({"task_id": "x" * 300}, InvalidRequestError, "at most 255 characters"),
     ({"queue": " "}, InvalidRequestError, "queue must be a non-empty string"),
+    (
+        {"time_limit": 10},
+        InvalidRequestError,
+        "time_limit 10 s must exceed the soft time limit in force (300",
+    ),
+    (
+        {"time_limit": 5, "soft_time_limit": 5},
+        InvalidRequestError,
+        "must exceed the soft time limit in force (5 s)",
+    ),
+    ({"soft_time_limit": -1}, InvalidRequestError, "soft_time_limit must be a number of seconds > 0"),
 ]
 
 

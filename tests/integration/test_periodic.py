@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from internal.config.setting import RedisSettings, load_settings
-from internal.infra.celery import STATIC_BEAT_SCHEDULE, build_celery_client
+from internal.infra.celery import STATIC_BEAT_SCHEDULE
 from pkg.celery_task import CeleryClient
 from tests.conftest import Stack
-from tests.support.procs import ManagedProcess, service_env, start_beat, start_worker, wait_for
+from tests.support.procs import wait_for
 from tests.support.services import RedisDb
 
 pytestmark = pytest.mark.integration
@@ -96,51 +94,3 @@ def test_once_entry_fires_exactly_once(stack: Stack, client: CeleryClient, uniqu
     entry = client.get_periodic_task(name)
     assert entry["enabled"] is False and entry["next_run_at"] is None and entry["total_run_count"] == 1
     client.remove_periodic_task(name)
-
-
-def _client_for(db: RedisDb) -> CeleryClient:
-    settings = load_settings(env_file=None)
-    settings.redis = RedisSettings(db=db.number)
-    client = build_celery_client(settings)
-    client.load_tasks()
-    return client
-
-
-def _beat_pair_env(db: RedisDb, tmp: Path, stack: Stack) -> dict[str, str]:
-    return service_env(db, database_url=stack.database_url)
-
-
-def test_two_beats_fire_each_run_once_and_standby_takes_over(
-    stack: Stack, redis_db: RedisDb, session_tmp: Path, unique: str
-) -> None:
-    env = _beat_pair_env(redis_db, session_tmp, stack)
-    log_dir = session_tmp / f"beats-{unique}"
-    worker = start_worker(f"beats-{unique}", env, log_dir, queues=["default"], concurrency=2)
-    first: ManagedProcess = start_beat("beat-a", env, log_dir)
-    second = ManagedProcess("beat-b", first.argv, env, log_dir).start()
-    second.wait_for_log(r"beat: Starting", timeout=60)
-    client = _client_for(redis_db)
-    key = f"pair-{unique}"
-    try:
-        client.add_periodic_task("tests.record", "interval", 1, name="pair", args=[key, "tick"])
-        wait_for(lambda: len(fired(redis_db, key)) >= 6, timeout=20, what="6 runs with two beats")
-        times = fired(redis_db, key)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        assert min(gaps) > 0.5, f"a run fired twice: gaps {gaps}"
-        assert "Acquired lock" not in second.log()
-
-        first.kill()
-        killed_at = time.time()
-        second.wait_for_log(r"beat: Acquired lock", timeout=45)
-        wait_for(lambda: fired(redis_db, key)[-1] > killed_at + 1, timeout=45, what="standby to fire")
-        after = [t for t in fired(redis_db, key) if t > killed_at]
-        takeover = after[0] - killed_at
-        print(f"standby beat fired {takeover:.1f} s after the lock holder was killed")
-        assert takeover < 35
-        times = fired(redis_db, key)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-        assert min(gaps) > 0.5, f"a run fired twice across the switch: gaps {gaps}"
-    finally:
-        first.kill()
-        second.stop()
-        worker.stop()

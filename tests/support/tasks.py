@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 
 from internal.infra.celery import celery_client
@@ -99,6 +100,56 @@ async def hook_probe() -> dict[str, Any]:
         "ping": pong,
         "db": one,
     }
+
+
+@app.task(name="tests.work", bind=True, public=True)
+def work(self: BaseTask, ms: float, key: str) -> str:
+    """Busy for ``ms`` milliseconds, then record this run's task id under ``key``."""
+    time.sleep(ms / 1000)
+    test_redis().rpush(key, self.request.id)
+    return str(self.request.id)
+
+
+@app.task(name="tests.soft_limited", bind=True, public=True)
+def soft_limited(self: BaseTask, seconds: float, key: str) -> None:
+    """Run past the soft time limit; record the clean-up, then let the error through."""
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    except SoftTimeLimitExceeded:
+        test_redis().rpush(key, f"cleaned-up:{self.request.id}")
+        raise
+
+
+@app.task(name="tests.stubborn", bind=True, public=True)
+def stubborn(self: BaseTask, seconds: float, key: str) -> None:
+    """Ignore the soft time limit and keep going: only the hard limit stops it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            test_redis().rpush(key, f"ignored-soft-limit:{self.request.id}")
+
+
+_leaked: list[bytearray] = []
+
+
+@app.task(name="tests.leak", bind=True, public=True)
+def leak(self: BaseTask, megabytes: int, key: str) -> int:
+    """Keep ``megabytes`` of memory for good (a leaking task); record the process."""
+    _leaked.append(bytearray(megabytes * 1024 * 1024))
+    test_redis().rpush(key, f"{self.request.id}:{os.getpid()}")
+    return os.getpid()
+
+
+@app.task(
+    name="tests.always_fails", bind=True, public=True, retry_backoff=0.1, retry_backoff_max=0.2, max_retries=2
+)
+def always_fails(self: BaseTask, note: str) -> None:
+    """A transient error that never clears: retried, then dead-lettered."""
+    raise TransientError(f"still failing: {note}")
 
 
 @app.task(name="tests.internal_only")

@@ -16,6 +16,8 @@ EXPECTED = {
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",
+    "DeadLetterNotFoundError",
+    "DeadLetterNotResubmittableError",
     "EventLoopThread",
     "InvalidArgumentsError",
     "InvalidPriorityError",

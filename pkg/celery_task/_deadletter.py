@@ -1,0 +1,174 @@
+"""The dead-letter list: tasks that failed for good and messages no worker could run,
+kept in Redis with their error so they can be inspected and re-submitted.
+
+Celery on Redis keeps none of them: a failed task leaves only its result (which
+expires), and a message for an unknown task or with an undecodable body is logged and
+dropped. Entries live in a hash (id -> JSON) indexed by a sorted set (id -> time); the
+oldest are trimmed beyond ``tasksys_dead_letter_max`` entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback as tb
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+from celery import Celery, signals
+from kombu.utils.uuid import uuid
+
+__all__ = ["DEAD_LETTER_REASONS", "DeadLetters", "dead_letters_for", "record_task_failure"]
+
+logger = logging.getLogger(__name__)
+
+#: Why an entry is in the list.
+DEAD_LETTER_REASONS = ("failed", "unregistered", "invalid", "undecodable")
+
+_MAX_TEXT = 4000
+
+
+class DeadLetters:
+    """Read and write the dead-letter list of one app."""
+
+    def __init__(self, client: redis.Redis, prefix: str, max_entries: int) -> None:
+        self.client = client
+        self.hash_key = f"{prefix}dead_letters"
+        self.index_key = f"{prefix}dead_letters:index"
+        self.max_entries = max_entries
+
+    def record(self, entry: dict[str, Any]) -> str:
+        """Store an entry (its ``id`` defaults to the task id); the oldest beyond the
+        limit are dropped."""
+        entry_id = str(entry.get("id") or entry.get("task_id") or uuid())
+        entry = {**entry, "id": entry_id, "recorded_at": datetime.now(UTC).isoformat()}
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.hash_key, entry_id, json.dumps(entry, default=repr))
+            pipe.zadd(self.index_key, {entry_id: time.time()})
+            pipe.execute()
+        overflow = cast(list[Any], self.client.zrange(self.index_key, 0, -self.max_entries - 1))
+        if overflow:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.index_key, *overflow)
+                pipe.hdel(self.hash_key, *overflow)
+                pipe.execute()
+        return entry_id
+
+    def list(self, limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """The total count and a page of entries, newest first."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.index_key)
+            pipe.zrevrange(self.index_key, offset, offset + limit - 1)
+            total, ids = pipe.execute()
+        if not ids:
+            return int(total), []
+        rows = cast(list[Any], self.client.hmget(self.hash_key, ids))
+        return int(total), [json.loads(row) for row in rows if row]
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        """One entry, or ``None``."""
+        raw = self.client.hget(self.hash_key, entry_id)
+        return json.loads(cast(str, raw)) if raw else None
+
+    def remove(self, entry_id: str) -> bool:
+        """Delete an entry; ``False`` if there was none."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.index_key, entry_id)
+            pipe.hdel(self.hash_key, entry_id)
+            removed, deleted = pipe.execute()
+        return bool(removed or deleted)
+
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def dead_letters_for(app: Celery, client: redis.Redis | None = None) -> DeadLetters:
+    """The dead-letter list configured on ``app`` (one Redis client per process)."""
+    conf = app.conf
+    if client is None:
+        key = (os.getpid(), conf.tasksys_redis_url)
+        if key not in _clients:
+            _clients[key] = redis.Redis.from_url(
+                conf.tasksys_redis_url, socket_connect_timeout=2, socket_timeout=5
+            )
+        client = _clients[key]
+    return DeadLetters(client, conf.tasksys_key_prefix, int(conf.tasksys_dead_letter_max))
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+
+
+def error_of(exc: BaseException | None) -> dict[str, str] | None:
+    """``{type, message}`` of an exception."""
+    return None if exc is None else {"type": type(exc).__name__, "message": _text(str(exc))}
+
+
+def record_task_failure(
+    app: Celery,
+    *,
+    task_id: str,
+    task_name: str,
+    args: Any,
+    kwargs: Any,
+    exc: BaseException,
+    traceback: Any,
+    queue: str | None,
+    retries: int | None,
+) -> None:
+    """Dead-letter a task that failed for good; a failure to record is logged, never raised."""
+    try:
+        formatted = "".join(tb.format_tb(traceback)) if traceback is not None else None
+        dead_letters_for(app).record(
+            {
+                "task_id": task_id,
+                "task": task_name,
+                "args": args,
+                "kwargs": kwargs,
+                "queue": queue,
+                "reason": "failed",
+                "error": error_of(exc),
+                "traceback": _text(formatted) if formatted else None,
+                "retries": retries,
+                "resubmittable": True,
+            }
+        )
+    except redis.RedisError:
+        logger.error("could not dead-letter failed task %s[%s]", task_name, task_id, exc_info=True)
+
+
+def connect_failure_recorder(app: Celery) -> None:
+    """Dead-letter every final failure of ``app``'s tasks (``task_failure`` fires once
+    retries are exhausted or for errors that are not retried, also for hard time limits)."""
+
+    def on_failure(
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        traceback: Any = None,
+        **_: Any,
+    ) -> None:
+        if sender is None or getattr(sender, "app", None) is not app or task_id is None or exception is None:
+            return
+        request = getattr(sender, "request", None)
+        same = request is not None and getattr(request, "id", None) == task_id
+        delivery = (getattr(request, "delivery_info", None) or {}) if same else {}
+        record_task_failure(
+            app,
+            task_id=task_id,
+            task_name=sender.name,
+            args=args,
+            kwargs=kwargs,
+            exc=exception,
+            traceback=traceback,
+            queue=delivery.get("routing_key"),
+            retries=getattr(request, "retries", None) if same else None,
+        )
+
+    signals.task_failure.connect(on_failure, weak=False)
