@@ -23,6 +23,11 @@ _session_db: RedisDb | None = None
 def pytest_configure(config: pytest.Config) -> None:
     """Reserve this process's Redis database and set the environment the app reads."""
     global _session_db
+    if "internal.infra.celery" in sys.modules:
+        raise pytest.UsageError(
+            "internal.infra.celery was imported before the test settings were set, so the "
+            "application's client would use Redis database 0; import it inside a fixture"
+        )
     for name in [k for k in os.environ if k.startswith(("REDIS_", "CELERY_", "MYSQL_", "API_"))]:
         del os.environ[name]
     os.environ.pop("DATABASE_URL", None)

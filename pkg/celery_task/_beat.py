@@ -21,7 +21,7 @@ from celery.schedules import schedstate
 from celery.schedules import schedule as interval_schedule
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.decoder import RedBeatJSONEncoder
-from redbeat.schedulers import get_redis
+from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf, get_redis
 from redis.exceptions import LockError
 
 from ._schedules import is_once
@@ -118,6 +118,18 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
     """The beat scheduler the client configures (``beat_scheduler``)."""
 
     Entry = ScheduleEntry
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        """Make this process's schedule-store calls retry through a Redis restart for
+        ``tasksys_beat_redis_retry_period`` seconds (other processes fail fast)."""
+        conf = ensure_conf(app)
+        options = dict(conf.redbeat_redis_options)
+        if "retry_period" not in options:
+            options["retry_period"] = app.conf.get("tasksys_beat_redis_retry_period", 60)
+            options.pop("retry", None)
+            conf.redbeat_redis_options = options
+            setattr(app, REDBEAT_REDIS_KEY, None)
+        super().__init__(app, *args, **kwargs)
 
     def update_from_dict(self, dict_: dict[str, Any]) -> None:
         """Store static entries, keeping the stored enabled flag and run history."""

@@ -34,6 +34,8 @@ from kombu.utils.json import dumps as _kombu_json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
 from redbeat.schedulers import ensure_conf, get_redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._async import AsyncPublisher, AsyncResults, SyncPublisher
 from ._beat import ScheduleEntry
@@ -164,8 +166,14 @@ def _default_conf(
         "beat_scheduler": "pkg.celery_task._beat:RedisScheduler",
         "beat_max_loop_interval": 1.0,
         "redbeat_redis_url": state_url,
-        # Beat rides out a Redis restart: each schedule read or write retries for a minute.
-        "redbeat_redis_options": {"retry_period": 60},
+        # Schedule-store calls from producers and the API fail fast (one reconnect, then
+        # an error); beat alone rides out a Redis restart, retrying each call this long.
+        "redbeat_redis_options": {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "retry": Retry(NoBackoff(), 1),
+        },
+        "tasksys_beat_redis_retry_period": 60,
         "redbeat_lock_timeout": 25,
         # State this package keeps in Redis (revokes; see tasksys_* below).
         "tasksys_redis_url": state_url,

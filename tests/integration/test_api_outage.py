@@ -72,6 +72,13 @@ def test_broker_going_down_gives_fast_503_and_recovers(
             ("POST", "/api/v1/tasks/status", {"task_ids": ["a"]}),
             ("GET", "/api/v1/queues", None),
             ("GET", "/api/v1/periodic-tasks", None),
+            (
+                "POST",
+                "/api/v1/periodic-tasks",
+                {"name": "outage", "task": "math.number_sum", "schedule": {"type": "interval", "value": 5}},
+            ),
+            ("DELETE", "/api/v1/periodic-tasks/outage", None),
+            ("GET", "/api/v1/dead-letters", None),
         ):
             started = time.monotonic()
             response = http.request(method, path, json=body)

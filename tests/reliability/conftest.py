@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from internal.config.setting import RedisSettings, load_settings
-from internal.infra.celery import build_celery_client
 from pkg.celery_task import CeleryClient
 
 
@@ -23,6 +21,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def client_for(url: str, **extra: object) -> CeleryClient:
     """The production wiring pointed at ``url`` (a Redis URL), task registry loaded."""
     from pydantic import SecretStr
+
+    # Imported here: conftest files load before tests/conftest.py sets the test settings.
+    from internal.config.setting import RedisSettings, load_settings
+    from internal.infra.celery import build_celery_client
 
     settings = load_settings(env_file=None)
     settings.redis = RedisSettings(url=SecretStr(url))
