@@ -9,12 +9,14 @@ priority keep their meaning.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 __all__ = ["PRIORITY_STEPS", "PriorityRedisTransport", "redis_priority_queue_keys"]
 
@@ -22,14 +24,71 @@ __all__ = ["PRIORITY_STEPS", "PriorityRedisTransport", "redis_priority_queue_key
 PRIORITY_STEPS: list[int] = list(range(10))
 
 
-class PriorityRedisChannel(kombu_redis.Channel):
-    """Redis channel that files priority 9 in the sub-queue polled first, and reuses
-    one client per connection pool (kombu builds a new ``redis.Redis``, with its ~170
-    response callbacks, for every publish and every ack)."""
+# The unacked bookkeeping of kombu's Redis QoS (ZADD+HSET on delivery, ZREM+HDEL on
+# ack), each as one atomic script call instead of a MULTI/EXEC of four commands.
+_HOLD_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+"""
+_RELEASE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
 
+
+class ScriptedQoS(kombu_redis.QoS):
+    """Kombu's Redis QoS with the same keys and the same atomicity, in one command per
+    delivery and per ack: the worker's consumer makes both round trips for every task."""
+
+    channel: PriorityRedisChannel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        payload = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        with self.channel.conn_or_acquire() as client:
+            self.channel.script(client, "hold", _HOLD_SCRIPT)(
+                keys=[self.unacked_index_key, self.unacked_key], args=[time.time(), delivery_tag, payload]
+            )
+        super(kombu_redis.QoS, self).append(message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: str) -> None:
+        self._release(delivery_tag)
+        super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            super().reject(delivery_tag, requeue=True)  # type: ignore[no-untyped-call]
+            return
+        self._release(delivery_tag)
+        super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def _release(self, delivery_tag: str) -> None:
+        with self.channel.conn_or_acquire() as client:
+            self.channel.script(client, "release", _RELEASE_SCRIPT)(
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
+            )
+
+
+class PriorityRedisChannel(kombu_redis.Channel):
+    """Redis channel that files priority 9 in the sub-queue polled first, reuses one
+    client per connection pool (kombu builds a new ``redis.Redis``, with its ~170
+    response callbacks, for every publish and every ack), and acks with scripts."""
+
+    QoS = ScriptedQoS
     _pool: Any
 
     _shared_client: redis.Redis | None = None
+    _scripts: dict[tuple[int, str], Any] | None = None
+
+    def script(self, client: redis.Redis, name: str, source: str) -> Any:
+        """``source`` registered on ``client`` (EVALSHA, reloaded after a Redis restart)."""
+        if self._scripts is None:
+            self._scripts = {}
+        key = (id(client), name)
+        found = self._scripts.get(key)
+        if found is None:
+            found = self._scripts[key] = client.register_script(source)
+        return found
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
