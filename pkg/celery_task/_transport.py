@@ -47,7 +47,9 @@ class ScriptedQoS(kombu_redis.QoS):
         payload = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
         with self.channel.conn_or_acquire() as client:
             self.channel.script(client, "hold", _HOLD_SCRIPT)(
-                keys=[self.unacked_index_key, self.unacked_key], args=[time.time(), delivery_tag, payload]
+                keys=[self.unacked_index_key, self.unacked_key],
+                args=[time.time(), delivery_tag, payload],
+                client=client,
             )
         super(kombu_redis.QoS, self).append(message, delivery_tag)  # type: ignore[no-untyped-call]
 
@@ -65,7 +67,7 @@ class ScriptedQoS(kombu_redis.QoS):
     def _release(self, delivery_tag: str) -> None:
         with self.channel.conn_or_acquire() as client:
             self.channel.script(client, "release", _RELEASE_SCRIPT)(
-                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
             )
 
 
@@ -78,16 +80,16 @@ class PriorityRedisChannel(kombu_redis.Channel):
     _pool: Any
 
     _shared_client: redis.Redis | None = None
-    _scripts: dict[tuple[int, str], Any] | None = None
+    _scripts: dict[str, Any] | None = None
 
     def script(self, client: redis.Redis, name: str, source: str) -> Any:
-        """``source`` registered on ``client`` (EVALSHA, reloaded after a Redis restart)."""
+        """The script ``source`` (call it with ``client=``): EVALSHA, and loaded again
+        when Redis answers NOSCRIPT (after a restart)."""
         if self._scripts is None:
             self._scripts = {}
-        key = (id(client), name)
-        found = self._scripts.get(key)
+        found = self._scripts.get(name)
         if found is None:
-            found = self._scripts[key] = client.register_script(source)
+            found = self._scripts[name] = client.register_script(source)
         return found
 
     @contextmanager

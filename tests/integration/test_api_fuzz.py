@@ -43,7 +43,7 @@ def _up(httpx, base: str) -> bool:  # type: ignore[no-untyped-def]
         return False
 
 
-def test_no_server_errors(fuzz_api: str) -> None:
+def test_no_server_errors(fuzz_api: str, tmp_path: Path) -> None:
     """schemathesis (CLI) over every operation, bounded examples, checking only for 5xx."""
     proc = subprocess.run(
         [
@@ -66,6 +66,7 @@ def test_no_server_errors(fuzz_api: str) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # its example cache stays out of the checkout; each run starts afresh
     )
     print(proc.stdout[-6000:])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
