@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from internal.api.schemas import DeadLetter, DeadLetterList, TaskAccepted
-from pkg.celery_task import CeleryClient
+from pkg.celery_task import CeleryClient, DeadLetterNotFoundError
 
 __all__ = ["delete_dead_letter", "get_dead_letter", "list_dead_letters", "resubmit_dead_letter"]
 
@@ -27,4 +27,4 @@ def resubmit_dead_letter(*, client: CeleryClient, entry_id: str) -> TaskAccepted
 def delete_dead_letter(*, client: CeleryClient, entry_id: str) -> None:
     """Drop an entry (404 if none)."""
     if not client.delete_dead_letter(entry_id):
-        client.get_dead_letter(entry_id)  # raises the 404
+        raise DeadLetterNotFoundError(entry_id)

@@ -21,14 +21,15 @@ import redis
 from celery import Celery, signals
 from kombu.utils.uuid import uuid
 
-__all__ = ["DEAD_LETTER_REASONS", "DeadLetters", "dead_letters_for", "record_task_failure"]
+__all__ = ["DEAD_LETTER_REASONS", "MAX_TEXT", "DeadLetters", "dead_letters_for", "record_task_failure"]
 
 logger = logging.getLogger(__name__)
 
 #: Why an entry is in the list.
 DEAD_LETTER_REASONS = ("failed", "unregistered", "invalid", "undecodable")
 
-_MAX_TEXT = 4000
+#: Longest error message, traceback or raw body kept in an entry.
+MAX_TEXT = 4000
 
 
 class DeadLetters:
@@ -48,8 +49,8 @@ class DeadLetters:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.hash_key, entry_id, json.dumps(entry, default=repr))
             pipe.zadd(self.index_key, {entry_id: time.time()})
-            pipe.execute()
-        overflow = cast(list[Any], self.client.zrange(self.index_key, 0, -self.max_entries - 1))
+            pipe.zrange(self.index_key, 0, -self.max_entries - 1)
+            overflow = cast(list[Any], pipe.execute()[-1])
         if overflow:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.index_key, *overflow)
@@ -100,7 +101,7 @@ def dead_letters_for(app: Celery, client: redis.Redis | None = None) -> DeadLett
 
 def _text(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
 
 def error_of(exc: BaseException | None) -> dict[str, str] | None:

@@ -25,7 +25,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.utils.url import maybe_sanitize_url
 
-from ._deadletter import dead_letters_for, error_of
+from ._deadletter import MAX_TEXT, dead_letters_for, error_of
 from ._loop import process_loop
 
 __all__ = [
@@ -466,7 +466,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             "reason": reason,
             "error": error_of(exc),
             "content_type": getattr(message, "content_type", None),
-            "body": None if args is not None else (raw[:4000] if isinstance(raw, str) else None),
+            "body": None if args is not None else (raw[:MAX_TEXT] if isinstance(raw, str) else None),
             "resubmittable": args is not None and bool(headers.get("task")),
         }
         try:

@@ -1,4 +1,5 @@
-"""The Redis transport's unacked bookkeeping (scripted): same keys and payload as kombu's."""
+"""Redis bookkeeping against real Redis: the transport's scripted unacked index (same keys
+and payload as kombu's) and the trimmed dead-letter list."""
 
 from __future__ import annotations
 
@@ -51,3 +52,17 @@ def test_delivery_is_held_until_ack_and_reject_requeues(redis_db: RedisDb, uniqu
         again.ack()
         assert bound.get(no_ack=False) is None
         assert held(redis_db) == ({}, [])
+
+
+def test_dead_letter_list_keeps_the_newest_entries(redis_db: RedisDb) -> None:
+    from pkg.celery_task._deadletter import DeadLetters
+
+    letters = DeadLetters(redis_db.client, "t:", max_entries=3)
+    for n in range(5):
+        letters.record({"id": f"e{n}", "reason": "failed"})
+    total, entries = letters.list()
+    assert total == 3
+    assert [e["id"] for e in entries] == ["e4", "e3", "e2"]
+    assert redis_db.client.hlen("t:dead_letters") == 3
+    assert letters.remove("e3") and not letters.remove("e3")
+    assert letters.get("e3") is None and letters.get("e4") is not None
