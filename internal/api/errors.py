@@ -18,6 +18,8 @@ from pkg.celery_task import (
     InvalidRequestError,
     PeriodicTaskConflictError,
     PeriodicTaskNotFoundError,
+    StoreFullError,
+    TaskIdInUseError,
     UnknownTaskError,
 )
 
@@ -111,6 +113,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(request: Request, exc: PeriodicTaskConflictError) -> JSONResponse:
         return _response(409, "conflict", str(exc), {"name": exc.name})
 
+    @app.exception_handler(TaskIdInUseError)
+    async def _task_id_in_use(request: Request, exc: TaskIdInUseError) -> JSONResponse:
+        return _response(409, "task_id_in_use", str(exc), {"task_id": exc.task_id, "reason": exc.reason})
+
     @app.exception_handler(InvalidRequestError)
     async def _invalid(request: Request, exc: InvalidRequestError) -> JSONResponse:
         return _response(
@@ -124,6 +130,17 @@ def install_error_handlers(app: FastAPI) -> None:
             503,
             "broker_unavailable",
             "the task broker or result store is unreachable; retry later",
+            None,
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(StoreFullError)
+    async def _store_full(request: Request, exc: StoreFullError) -> JSONResponse:
+        logger.warning("store full: %s", exc)
+        return _response(
+            503,
+            "store_full",
+            "the task store (Redis) is out of memory and refuses writes; nothing was sent, retry later",
             None,
             {"Retry-After": "5"},
         )

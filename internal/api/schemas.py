@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
+from pkg.celery_task import ENTRY_NAME_PATTERN, ID_PATTERN, MAX_DELAY
+
 __all__ = [
     "DeadLetter",
     "DeadLetterList",
@@ -34,12 +36,19 @@ __all__ = [
     "WorkflowSubmit",
 ]
 
-_NAME = r"^[A-Za-z0-9_.:\-]+$"
+_NAME = f"^{ID_PATTERN}$"
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
 TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NAME)]
 QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
-EntryName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
+#: Letters, digits, ``_ . : - * / , +`` and inner spaces; never a leading ``:``.
+ENTRY_NAME = f"^{ENTRY_NAME_PATTERN}$"
+EntryName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ENTRY_NAME)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_STATUS_IDS = 1000
+#: Page size of list endpoints: default and largest.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 10**9
 #: Datetimes arrive as ISO 8601 strings in the parsed JSON, which strict mode would refuse.
 IsoDatetime = Annotated[datetime, Strict(False)]
 
@@ -56,14 +65,22 @@ class TaskSubmit(_Request):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: QueueName | None = None
     priority: int | None = Field(None, ge=0, le=9, description="0 (lowest) .. 9 (highest)")
-    countdown: float | None = Field(None, ge=0, le=30 * 86400, description="seconds to wait before running")
+    countdown: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY.total_seconds(),
+        allow_inf_nan=False,
+        description="seconds to wait before running (a finite number, at most 30 days)",
+    )
     eta: IsoDatetime | None = Field(
-        None, description="earliest time to run (ISO 8601; naive = server timezone)"
+        None, description="earliest time to run (ISO 8601; naive = server timezone; at most 30 days ahead)"
     )
-    expires: float | IsoDatetime | None = Field(
-        None, description="seconds from now, or a time, after which the task is dropped"
+    expires: FiniteFloat | IsoDatetime | None = Field(
+        None, description="seconds from now (at most 366 days), or a time, after which the task is dropped"
     )
-    task_id: TaskId | None = None
+    task_id: TaskId | None = Field(
+        None, description="your id for the task; an id already known is refused (409 task_id_in_use)"
+    )
 
 
 class TaskAccepted(BaseModel):
@@ -145,6 +162,7 @@ class ScheduleIn(_Request):
 
     type: Literal["cron", "interval", "once"]
     value: str | float | int
+    description: str | None = Field(None, description="read-only (as GET shows it); ignored")
 
 
 class ScheduleOut(BaseModel):
@@ -156,14 +174,21 @@ class ScheduleOut(BaseModel):
 
 
 class PeriodicTaskPut(_Request):
-    """``PUT /periodic-tasks/{name}``: the whole entry."""
+    """``PUT /periodic-tasks/{name}``: the whole entry (``name``, if given, must equal
+    the path's, so an entry read with ``GET`` can be sent back as it is)."""
 
+    name: EntryName | None = None
     task: TaskName
     schedule: ScheduleIn
     args: list[Any] = Field(default_factory=list, max_length=1000)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: QueueName | None = None
     enabled: bool = True
+    # Read-only fields of an entry as GET shows it, accepted so it can be sent back.
+    last_run_at: str | None = Field(None, description="read-only; ignored")
+    next_run_at: str | None = Field(None, description="read-only; ignored")
+    total_run_count: int | None = Field(None, description="read-only; ignored")
+    static: bool | None = Field(None, description="read-only; ignored")
 
 
 class PeriodicTaskCreate(PeriodicTaskPut):
@@ -200,8 +225,11 @@ class PeriodicTask(BaseModel):
 
 
 class PeriodicTaskList(BaseModel):
-    """Every periodic task, static and dynamic."""
+    """A page of periodic tasks, static and dynamic, sorted by name."""
 
+    total: int
+    limit: int
+    offset: int
     periodic_tasks: list[PeriodicTask]
 
 

@@ -112,6 +112,7 @@ class CelerySettings(BaseSettings):
     concurrency: int = Field(4, ge=1, le=256)
     loglevel: str = "info"
     queues: str | None = None
+    extra_queues: str = ""
     extra_include: str = ""
     task_soft_time_limit: float = Field(300.0, gt=0)
     task_time_limit: float = Field(360.0, gt=0)
@@ -151,6 +152,17 @@ class CelerySettings(BaseSettings):
         """``CELERY_QUEUES`` split on commas, or the default queue."""
         names = [q.strip() for q in (self.queues or "").split(",") if q.strip()]
         return names or [self.default_queue]
+
+    @property
+    def extra_queue_list(self) -> list[str]:
+        """More queues HTTP callers may name, from ``CELERY_EXTRA_QUEUES`` (comma separated)."""
+        return [q.strip() for q in self.extra_queues.split(",") if q.strip()]
+
+    @property
+    def known_queue_list(self) -> list[str]:
+        """Queues beyond the routes and the default one that callers may name:
+        ``CELERY_QUEUES`` and ``CELERY_EXTRA_QUEUES``."""
+        return list(dict.fromkeys([*self.queue_list, *self.extra_queue_list]))
 
     @property
     def extra_include_list(self) -> list[str]:

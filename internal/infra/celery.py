@@ -90,6 +90,7 @@ def build_celery_client(settings: Settings) -> CeleryClient:
         result_expires=settings.celery.result_expires,
         tasksys_revoke_expires=settings.celery.revoke_expires,
         broker_transport_options={"visibility_timeout": settings.celery.visibility_timeout},
+        tasksys_known_queues=settings.celery.known_queue_list,
         worker_soft_shutdown_timeout=settings.celery.soft_shutdown_timeout,
         **(THROUGHPUT_PROFILE if settings.celery.profile == "throughput" else {}),
     )

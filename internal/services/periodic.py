@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from internal.api.errors import ApiError
-from internal.api.schemas import PeriodicTask, PeriodicTaskCreate, PeriodicTaskPatch, PeriodicTaskPut
-from internal.services.tasks import require_public
+from internal.api.schemas import (
+    PeriodicTask,
+    PeriodicTaskCreate,
+    PeriodicTaskList,
+    PeriodicTaskPatch,
+    PeriodicTaskPut,
+)
+from internal.services.tasks import require_known_queue, require_public
 from pkg.celery_task import CeleryClient, PeriodicTaskConflictError
 
 __all__ = [
@@ -19,9 +25,15 @@ __all__ = [
 ]
 
 
-def list_periodic_tasks(*, client: CeleryClient) -> list[PeriodicTask]:
-    """Every entry, static and dynamic."""
-    return [PeriodicTask.model_validate(entry) for entry in client.list_periodic_tasks()]
+def list_periodic_tasks(*, client: CeleryClient, limit: int, offset: int) -> PeriodicTaskList:
+    """A page of entries, static and dynamic, sorted by name, with the total."""
+    total, entries = client.periodic_tasks_page(limit=limit, offset=offset)
+    return PeriodicTaskList(
+        total=total,
+        limit=limit,
+        offset=offset,
+        periodic_tasks=[PeriodicTask.model_validate(entry) for entry in entries],
+    )
 
 
 def get_periodic_task(*, client: CeleryClient, name: str) -> PeriodicTask:
@@ -31,6 +43,7 @@ def get_periodic_task(*, client: CeleryClient, name: str) -> PeriodicTask:
 
 def _store(client: CeleryClient, name: str, body: PeriodicTaskPut, *, replace: bool) -> PeriodicTask:
     require_public(client, body.task)
+    require_known_queue(client, body.queue)
     client.add_periodic_task(
         body.task,
         body.schedule.type,
@@ -51,7 +64,11 @@ def create_periodic_task(*, client: CeleryClient, body: PeriodicTaskCreate) -> P
 
 
 def put_periodic_task(*, client: CeleryClient, name: str, body: PeriodicTaskPut) -> PeriodicTask:
-    """Create or replace an entry (static entries: 409)."""
+    """Create or replace an entry (static entries: 409). A ``name`` in the body must be
+    the path's (the body may be an entry as ``GET`` returned it)."""
+    if body.name is not None and body.name != name:
+        message = f"name {body.name!r} in the body differs from {name!r} in the path; omit it or match it"
+        raise ApiError(422, "validation_error", message, [{"field": "name", "message": message}])
     return _store(client, name, body, replace=True)
 
 

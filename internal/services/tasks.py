@@ -29,6 +29,7 @@ from pkg.celery_task import CeleryClient, UnknownTaskError
 __all__ = [
     "get_task",
     "get_task_statuses",
+    "require_known_queue",
     "require_public",
     "revoke_task",
     "submit_task",
@@ -42,10 +43,23 @@ def require_public(client: CeleryClient, task_name: str) -> None:
         raise UnknownTaskError(task_name)
 
 
+def require_known_queue(client: CeleryClient, queue: str | None, *, field: str = "queue") -> None:
+    """422 unless ``queue`` is one the system knows (the default queue, the routes'
+    queues, ``CELERY_QUEUES`` and ``CELERY_EXTRA_QUEUES``): outside callers never
+    create queues, so hostile names can neither reach internal keys nor pile up."""
+    if queue is None:
+        return
+    known = client.known_queues()
+    if queue not in known:
+        message = f"queue {queue!r} is not a known queue; accepted: {', '.join(known)}"
+        raise ApiError(422, "validation_error", message, [{"field": field, "message": message}])
+
+
 async def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> TaskAccepted:
     """Validate and send one task without blocking the event loop; nothing is sent when
     anything is rejected."""
     require_public(client, body.task)
+    require_known_queue(client, body.queue)
     task_id = await client.submit_async(body.task, body.args, body.kwargs, **_options(body))
     metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
     return TaskAccepted(task_id=task_id, status=states.PENDING)
@@ -57,6 +71,7 @@ async def submit_task_and_wait(
     """Send a task and wait up to ``wait`` seconds for it to finish (listening before it
     is sent, so a fast result is never missed); the task as ``get_task`` shows it."""
     require_public(client, body.task)
+    require_known_queue(client, body.queue)
     options = _options(body)
     task_id, meta = await client.submit_and_wait_async(
         body.task, body.args, body.kwargs, timeout=wait, task_id=options.pop("task_id"), **options

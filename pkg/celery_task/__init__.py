@@ -19,17 +19,36 @@ from ._errors import (
     PeriodicTaskConflictError,
     PeriodicTaskNotFoundError,
     ResultTimeoutError,
+    StoreFullError,
+    TaskIdInUseError,
     TaskSystemError,
     UnknownTaskError,
 )
 from ._fastpath import TaskRequest
+from ._limits import (
+    ENTRY_NAME_PATTERN,
+    ID_PATTERN,
+    MAX_ARGUMENT_DEPTH,
+    MAX_DELAY,
+    MAX_EXPIRES,
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    escape_control,
+)
 from ._loop import EventLoopThread, process_loop, run_coroutine
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
 from ._transport import PriorityRedisTransport
 
 __all__ = [
+    "ENTRY_NAME_PATTERN",
+    "ID_PATTERN",
+    "MAX_ARGUMENT_DEPTH",
+    "MAX_DELAY",
+    "MAX_EXPIRES",
+    "MAX_INTERVAL",
     "MAX_PRIORITY",
+    "MIN_INTERVAL",
     "MIN_PRIORITY",
     "SCHEDULE_TYPES",
     "TASK_STATES",
@@ -51,12 +70,15 @@ __all__ = [
     "RedisScheduler",
     "ResultTimeoutError",
     "ScheduleEntry",
+    "StoreFullError",
+    "TaskIdInUseError",
     "TaskRequest",
     "TaskSystemError",
     "TransientError",
     "UnknownTaskError",
     "describe_interval",
     "describe_schedule",
+    "escape_control",
     "parse_schedule",
     "process_loop",
     "run_coroutine",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -13,8 +14,8 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -29,7 +30,6 @@ from celery.canvas import chain as celery_chain
 from celery.canvas import chord as celery_chord
 from celery.canvas import group as celery_group
 from celery.result import AsyncResult, GroupResult
-from celery.utils.time import maybe_make_aware
 from kombu.utils.json import dumps as _kombu_json_dumps
 from kombu.utils.url import maybe_sanitize_url
 from kombu.utils.uuid import uuid
@@ -50,9 +50,21 @@ from ._errors import (
     PeriodicTaskConflictError,
     PeriodicTaskNotFoundError,
     ResultTimeoutError,
+    StoreFullError,
+    TaskIdInUseError,
     UnknownTaskError,
 )
 from ._fastpath import FAST_OPTIONS, MessageFactory, TaskRequest, json_text, pipeline_commands
+from ._limits import (
+    MAX_DELAY,
+    MAX_EXPIRES,
+    check_entry_name,
+    check_json_value,
+    check_queue_name,
+    check_seconds,
+    check_task_id,
+    check_time,
+)
 from ._schedules import describe_schedule, parse_schedule
 from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
 from ._worker import (
@@ -104,8 +116,35 @@ THROUGHPUT_PROFILE: dict[str, Any] = {
 
 #: Bounded retries for producers: about one second in all, then a clear error.
 _PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
-_MAX_TASK_ID_LENGTH = 255
-_MAX_ENTRY_NAME_LENGTH = 200
+#: Largest JSON text of one task's args and kwargs (``tasksys_max_argument_bytes``).
+DEFAULT_MAX_ARGUMENT_BYTES = 16 * 1024 * 1024
+#: Most entries one page of :meth:`CeleryClient.periodic_tasks_page` returns.
+MAX_PAGE_SIZE = 1000
+#: Largest offset a page may start at (Redis ranges are 64-bit; no list is this long).
+MAX_OFFSET = 10**9
+
+# Refuse a caller-supplied task id that is known (its result is stored, it is revoked,
+# or another submit claimed it), else claim it for ``ARGV[2]`` seconds. KEYS: claim,
+# result, revoked set; ARGV: id, ttl (0 = no expiry), oldest live revoke time,
+# "1" to look at the result key (it lives on this server).
+_CLAIM_SCRIPT = """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+local revoked = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if revoked and tonumber(revoked) > tonumber(ARGV[3]) then return 3 end
+local claimed
+if tonumber(ARGV[2]) > 0 then
+  claimed = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2])
+else
+  claimed = redis.call('SET', KEYS[1], '1', 'NX')
+end
+if claimed then return 1 end
+return 4
+"""
+_CLAIM_REFUSALS = {
+    2: "it has a stored result",
+    3: "it was revoked",
+    4: "a task with that id was already submitted",
+}
 
 
 def kombu_json_dumps(value: Any) -> str:
@@ -273,13 +312,30 @@ def check_priority(priority: Any) -> int | None:
     return priority
 
 
-def check_json_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """Refuse task arguments that the JSON serializer cannot send, naming the first one."""
+def check_json_arguments(
+    args: Sequence[Any], kwargs: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_ARGUMENT_BYTES
+) -> None:
+    """Refuse task arguments that the JSON serializer cannot send (naming the first
+    one), that nest too deeply, hold NaN/Infinity, or whose JSON exceeds ``max_bytes``."""
+    check_json_value(args, field="args", members=True)
+    check_json_value(kwargs, field="kwargs", members=True)
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise InvalidArgumentsError(
+                f"kwargs keys must be strings (they are argument names); got {key!r}", field="kwargs"
+            )
     try:
-        json_text([list(args), dict(kwargs)])
-        return
+        size = len(json_text([list(args), dict(kwargs)]))
     except (TypeError, ValueError):
-        pass
+        size = -1
+    if size > max_bytes:
+        raise InvalidArgumentsError(
+            f"args and kwargs take {size} bytes as JSON; at most {max_bytes} are accepted: "
+            "pass ids of stored data instead of the data",
+            field="args",
+        )
+    if size >= 0:
+        return
     for label, value in [
         *((f"args[{i}]", v) for i, v in enumerate(args)),
         *((f"kwargs[{k!r}]", v) for k, v in kwargs.items()),
@@ -369,6 +425,7 @@ class CeleryClient:
         self._lock = threading.Lock()
         self._publisher: SyncPublisher | None = None
         self._route_cache: dict[str, str] = {}
+        self._signatures_cache: dict[str, inspect.Signature] = {}
         self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = (
             weakref.WeakKeyDictionary()
         )
@@ -430,6 +487,34 @@ class CeleryClient:
             raise UnknownTaskError(task_name, known=known)
         return task_name
 
+    @cached_property
+    def _max_argument_bytes(self) -> int:
+        return int(self.app.conf.get("tasksys_max_argument_bytes") or DEFAULT_MAX_ARGUMENT_BYTES)
+
+    def _check_signature(self, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """With the registry loaded, refuse arguments the task's own parameters cannot
+        take (the worker would fail with a message counting the bound ``self``)."""
+        if not self._registry_loaded:
+            return
+        signature = self._signatures_cache.get(task_name)
+        if signature is None:
+            task = self.app.tasks.get(task_name)
+            if task is None:
+                return
+            try:
+                signature = inspect.signature(task.run)
+            except (TypeError, ValueError):
+                return
+            self._signatures_cache[task_name] = signature
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgumentsError(
+                f"{task_name} takes ({_parameters(signature)}); got {len(args)} positional "
+                f"argument(s) and keyword(s) {sorted(kwargs)}: {exc}",
+                field="args",
+            ) from None
+
     # -- sending ---------------------------------------------------------------------
 
     def _send_options(
@@ -443,48 +528,31 @@ class CeleryClient:
         expires: Any,
         options: dict[str, Any],
     ) -> dict[str, Any]:
-        if task_id is not None and (
-            not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_TASK_ID_LENGTH
-        ):
-            raise InvalidRequestError(
-                f"task_id must be a non-empty string of at most {_MAX_TASK_ID_LENGTH} "
-                f"characters; got {task_id!r}",
-                field="task_id",
-            )
-        if queue is not None and (not isinstance(queue, str) or not queue.strip()):
-            raise InvalidRequestError(f"queue must be a non-empty string; got {queue!r}", field="queue")
+        if task_id is not None:
+            check_task_id(task_id)
+        if queue is not None:
+            self.check_queue(queue)
+        if options.get("queue") is not None:
+            self.check_queue(options["queue"])
         check_priority(priority if priority is not None else options.get("priority"))
         if countdown is not None and eta is not None:
             raise InvalidRequestError("give countdown or eta, not both", field="countdown")
-        if countdown is not None and (
-            isinstance(countdown, bool)
-            or not isinstance(countdown, int | float)
-            or not math.isfinite(countdown)
-            or countdown < 0
-        ):
-            raise InvalidRequestError(
-                f"countdown must be a number of seconds >= 0; got {countdown!r}", field="countdown"
-            )
+        now = datetime.now(UTC)
+        if countdown is not None:
+            check_seconds(countdown, field="countdown", minimum=0, maximum=MAX_DELAY.total_seconds())
         if eta is not None:
-            if not isinstance(eta, datetime):
-                raise InvalidRequestError(f"eta must be a datetime; got {eta!r}", field="eta")
-            eta = maybe_make_aware(eta, self.app.timezone) if eta.tzinfo is None else eta
-        if expires is not None and not (
-            isinstance(expires, datetime)
-            or (
-                isinstance(expires, int | float)
-                and not isinstance(expires, bool)
-                and math.isfinite(expires)
-                and expires > 0
-            )
-        ):
-            raise InvalidRequestError(
-                f"expires must be a number of seconds > 0 or a datetime; got {expires!r}",
+            eta = check_time(eta, field="eta", tz=self.app.timezone, latest=now + MAX_DELAY)
+        if isinstance(expires, datetime):
+            expires = check_time(expires, field="expires", tz=self.app.timezone, latest=now + MAX_EXPIRES)
+        elif expires is not None:
+            check_seconds(
+                expires,
                 field="expires",
+                minimum=0,
+                maximum=MAX_EXPIRES.total_seconds(),
+                inclusive_minimum=False,
             )
         self._check_time_limits(options)
-        if isinstance(expires, datetime) and expires.tzinfo is None:
-            expires = maybe_make_aware(expires, self.app.timezone)
         sent = dict(options)
         for key, value in (
             ("task_id", task_id),
@@ -497,6 +565,43 @@ class CeleryClient:
             if value is not None:
                 sent[key] = value
         return sent
+
+    @cached_property
+    def _reserved_queue_prefixes(self) -> tuple[str, ...]:
+        """Prefixes of the Redis keys the system itself uses: result, group and chord
+        keys, kombu's bindings and unacked index, the schedule and this package's state."""
+        conf = self.app.conf
+        transport = conf.broker_transport_options or {}
+        prefixes = {
+            "celery-task-meta-",
+            "celery-taskset-meta-",
+            "chord-unlock",
+            "_kombu",
+            "unacked",
+            "celeryev",
+            str(transport.get("unacked_key") or "unacked"),
+            str(transport.get("unacked_index_key") or "unacked_index"),
+            str(transport.get("unacked_mutex_key") or "unacked_mutex"),
+            str(conf.tasksys_key_prefix),
+            str(ensure_conf(self.app).key_prefix),
+        }
+        backend = self.app.backend
+        for name in ("task_keyprefix", "group_keyprefix", "chord_keyprefix"):
+            value = getattr(backend, name, None)
+            if value:
+                prefixes.add(value.decode() if isinstance(value, bytes) else str(value))
+        return tuple(sorted(p for p in prefixes if p))
+
+    def check_queue(self, queue: Any, *, field: str = "queue") -> str:
+        """A queue name this client will send to: 1-200 of ``A-Z a-z 0-9 _ . : -``, and
+        never a name the system's own Redis keys start with."""
+        name = check_queue_name(queue, self._reserved_queue_prefixes, field=field)
+        if name.endswith(".pidbox"):
+            raise InvalidRequestError(
+                f"{field} {name!r} is reserved: names ending in '.pidbox' are Celery's remote-control queues",
+                field=field,
+            )
+        return name
 
     def _check_time_limits(self, options: Mapping[str, Any]) -> None:
         """Celery arms the hard limit only once the soft one has passed: a hard limit at
@@ -551,10 +656,14 @@ class CeleryClient:
                 options,
             )
         )
+        with self._claimed([request]):
+            return self.app.AsyncResult(self._publish(request))
+
+    def _publish(self, request: TaskRequest) -> str:
+        """Send one validated request (fast path on Redis, else ``send_task``); its id."""
         if not self._fast_path_ok([request]):
-            with self._unreachable(f"could not send task {task_name!r}"):
-                return self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
-        with self._unreachable(f"could not send task {task_name!r}"):
+            return self._send_validated(request)
+        with self._unreachable(f"could not send task {request.task_name!r}"):
             publisher = self._sync_publisher()
             with publisher.lock:
                 task_id, commands = publisher.factory.build(request)
@@ -562,7 +671,123 @@ class CeleryClient:
                 for name, args in commands:
                     getattr(pipe, name)(*args)
                 pipe.execute()
-        return self.app.AsyncResult(task_id)
+        return task_id
+
+    # -- caller-supplied task ids are idempotency keys --------------------------------
+
+    def _claim_key(self, task_id: str) -> str:
+        return f"{self.app.conf.tasksys_key_prefix}task_id:{task_id}"
+
+    @cached_property
+    def _results_on_state_redis(self) -> bool:
+        """Results live on the Redis that holds the claims, so one script checks both."""
+        return bool(
+            hasattr(self.app.backend, "get_key_for_task")
+            and self.backend_url
+            and self.app.conf.tasksys_redis_url == self.backend_url
+        )
+
+    def _claim_ttl(self, options: Mapping[str, Any]) -> int:
+        """How long a claim outlives the submit: the task's delay plus the result TTL
+        (with a day of slack for queueing), or 0 (forever) if results never expire."""
+        expires = self.app.conf.result_expires
+        keep = expires.total_seconds() if isinstance(expires, timedelta) else float(expires or 0)
+        if keep <= 0:
+            return 0
+        delay = float(options.get("countdown") or 0)
+        eta = options.get("eta")
+        if isinstance(eta, datetime):
+            delay = max(delay, (eta - datetime.now(UTC)).total_seconds())
+        return int(delay + max(keep, 86400) + 86400)
+
+    def _claim_call(self, request: TaskRequest) -> tuple[list[Any], list[Any]]:
+        task_id = request.options["task_id"]
+        result_key = self.app.backend.get_key_for_task(task_id) if self._results_on_state_redis else ""
+        floor = time.time() - float(self.app.conf.tasksys_revoke_expires)
+        keys = [self._claim_key(task_id), result_key, f"{self.app.conf.tasksys_key_prefix}revoked"]
+        look_at_result = "1" if self._results_on_state_redis else "0"
+        args = [task_id, self._claim_ttl(request.options), floor, look_at_result]
+        return keys, args
+
+    @staticmethod
+    def _caller_ids(requests: Sequence[TaskRequest]) -> list[TaskRequest]:
+        claiming = [r for r in requests if r.options.get("task_id")]
+        ids = [r.options["task_id"] for r in claiming]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequestError("task ids must be unique within one call", field="task_id")
+        return claiming
+
+    def _claim_ids(self, requests: Sequence[TaskRequest]) -> list[str]:
+        """Claim the caller-supplied id of every request, atomically per id, or none of
+        them (:class:`TaskIdInUseError` for the first that is known); the claimed ids."""
+        claiming = self._caller_ids(requests)
+        if not claiming:
+            return []
+        client = self._state_redis()
+        script = client.register_script(_CLAIM_SCRIPT)
+        with self._unreachable("could not check task ids"):
+            if not self._results_on_state_redis:
+                for request in claiming:
+                    self._refuse_if_stored(request.options["task_id"])
+            with client.pipeline(transaction=False) as pipe:
+                for request in claiming:
+                    keys, args = self._claim_call(request)
+                    script(keys=keys, args=args, client=pipe)
+                answers = pipe.execute()
+        return self._settle_claims([r.options["task_id"] for r in claiming], answers)
+
+    def _refuse_if_stored(self, task_id: str) -> None:
+        if self.app.backend.get_task_meta(task_id).get("status", states.PENDING) != states.PENDING:
+            raise TaskIdInUseError(task_id, _CLAIM_REFUSALS[2])
+
+    def _settle_claims(self, ids: list[str], answers: Sequence[Any]) -> list[str]:
+        claimed = [task_id for task_id, answer in zip(ids, answers, strict=True) if int(answer) == 1]
+        refused = [(task_id, int(a)) for task_id, a in zip(ids, answers, strict=True) if int(a) != 1]
+        if refused:
+            self._release_ids(claimed)
+            task_id, answer = refused[0]
+            raise TaskIdInUseError(task_id, _CLAIM_REFUSALS.get(answer, "it is known"))
+        return claimed
+
+    async def _claim_ids_async(self, requests: Sequence[TaskRequest]) -> list[str]:
+        """:meth:`_claim_ids` on redis.asyncio (in a thread when the claims live
+        elsewhere than the results)."""
+        claiming = self._caller_ids(requests)
+        if not claiming:
+            return []
+        if not self._results_on_state_redis:
+            return await asyncio.to_thread(self._claim_ids, claiming)
+        script = self._async_results().redis.register_script(_CLAIM_SCRIPT)
+        answers = []
+        with self._unreachable("could not check task ids"):
+            for request in claiming:
+                keys, args = self._claim_call(request)
+                answers.append(await script(keys=keys, args=args))
+        return self._settle_claims([r.options["task_id"] for r in claiming], answers)
+
+    def _release_ids(self, task_ids: Sequence[str]) -> None:
+        """Give claims back after a send failed, so the caller can retry with the id."""
+        if not task_ids:
+            return
+        try:
+            self._state_redis().delete(*(self._claim_key(task_id) for task_id in task_ids))
+        except redis.RedisError as exc:
+            logger.error(
+                "could not release the claim on task id(s) %s after a failed send (%s); "
+                "they stay refused until the claim expires",
+                ", ".join(task_ids[:10]),
+                exc,
+            )
+
+    @contextmanager
+    def _claimed(self, requests: Sequence[TaskRequest]) -> Iterator[list[str]]:
+        """Claim the requests' caller-supplied ids for the block; released if it fails."""
+        claimed = self._claim_ids(requests)
+        try:
+            yield claimed
+        except BaseException:
+            self._release_ids(claimed)
+            raise
 
     def _sync_publisher(self) -> SyncPublisher:
         """The long-lived channel and message templates :meth:`submit` builds with."""
@@ -576,7 +801,8 @@ class CeleryClient:
         self._check_task_name(request.task_name)
         args_list = list(request.args or ())
         kwargs_dict = dict(request.kwargs or {})
-        check_json_arguments(args_list, kwargs_dict)
+        check_json_arguments(args_list, kwargs_dict, max_bytes=self._max_argument_bytes)
+        self._check_signature(request.task_name, args_list, kwargs_dict)
         sent = self._send_options(
             task_id=request.task_id,
             queue=request.queue,
@@ -609,9 +835,20 @@ class CeleryClient:
         if chunk_size < 1:
             raise InvalidRequestError("chunk_size must be at least 1", field="chunk_size")
         validated = [self._validated(r if isinstance(r, TaskRequest) else TaskRequest(**r)) for r in requests]
-        if not self._fast_path_ok(validated):
-            return [self._send_validated(r) for r in validated]
+        claimed = self._claim_ids(validated)
         sent_ids: list[str] = []
+        try:
+            return self._send_many(validated, chunk_size, sent_ids)
+        except BaseException:
+            sent = set(sent_ids)
+            self._release_ids([task_id for task_id in claimed if task_id not in sent])
+            raise
+
+    def _send_many(self, validated: list[TaskRequest], chunk_size: int, sent_ids: list[str]) -> list[str]:
+        if not self._fast_path_ok(validated):
+            for request in validated:
+                sent_ids.append(self._send_validated(request))
+            return sent_ids
         try:
             with self._unreachable("could not send tasks"), self.app.producer_or_acquire() as producer:
                 factory = MessageFactory(self.app, producer)
@@ -670,9 +907,18 @@ class CeleryClient:
                 options,
             )
         )
-        return await self._send_async(request)
+        return await self._send_async(request, claim=True)
 
-    async def _send_async(self, request: TaskRequest) -> str:
+    async def _send_async(self, request: TaskRequest, *, claim: bool) -> str:
+        claimed = await self._claim_ids_async([request]) if claim else []
+        try:
+            return await self._publish_async(request)
+        except BaseException:
+            if claimed:
+                await asyncio.to_thread(self._release_ids, claimed)
+            raise
+
+    async def _publish_async(self, request: TaskRequest) -> str:
         if not self._fast_path_ok([request]):
             return await asyncio.to_thread(self._send_validated, request)
         loop = asyncio.get_running_loop()
@@ -695,14 +941,18 @@ class CeleryClient:
     ) -> tuple[str, dict[str, Any]]:
         """Send a task and wait up to ``timeout`` s for it, listening for its result
         before it is sent; its id and stored metadata (whatever the state then)."""
-        request = self._validated(
-            TaskRequest(task_name, args or (), kwargs or {}, task_id or uuid(), **options)
+        request = self._validated(TaskRequest(task_name, args or (), kwargs or {}, task_id, **options))
+        claim = task_id is not None
+        task_id = request.options.get("task_id") or uuid()
+        request = TaskRequest(
+            request.task_name, request.args, request.kwargs, options={**request.options, "task_id": task_id}
         )
-        task_id = request.options["task_id"]
         if _scheme(self.backend_url) not in _REDIS_SCHEMES:
-            await self._send_async(request)
+            await self._send_async(request, claim=claim)
             return task_id, await self.wait_async(task_id, timeout)
-        meta = await self._async_results().wait(task_id, timeout, submit=lambda: self._send_async(request))
+        meta = await self._async_results().wait(
+            task_id, timeout, submit=lambda: self._send_async(request, claim=claim)
+        )
         return task_id, meta
 
     def _async_results(self) -> AsyncResults:
@@ -750,6 +1000,15 @@ class CeleryClient:
             yield
         except _BROKER_ERRORS as exc:
             raise self._broker_error(what, exc) from exc
+        except redis.exceptions.ResponseError as exc:
+            if not _refuses_writes(exc):
+                raise
+            if isinstance(exc, redis.exceptions.ReadOnlyError):
+                raise self._broker_error(what, exc) from exc
+            raise StoreFullError(
+                f"{what}: Redis at {maybe_sanitize_url(self.broker_url)} is out of memory and "
+                f"refuses writes ({exc}); retry once memory is available"
+            ) from exc
         except RuntimeError as exc:
             # Celery's result consumer gives up with a RuntimeError caused by the
             # connection error; the next call reconnects, so this is not fatal.
@@ -859,8 +1118,7 @@ class CeleryClient:
         """Revoke a task: a queued (or countdown/ETA) task never runs; with
         ``terminate=True`` a running one is stopped. The revoke is kept in Redis, so
         workers that start later honour it too."""
-        if not isinstance(task_id, str) or not task_id:
-            raise InvalidRequestError(f"task_id must be a non-empty string; got {task_id!r}", field="task_id")
+        check_task_id(task_id)
         with self._unreachable(f"could not revoke {task_id}"):
             revoke_store_for(self.app, self._state_redis()).add([task_id])
             state = self.app.backend.get_task_meta(task_id).get("status", states.PENDING)
@@ -874,7 +1132,9 @@ class CeleryClient:
         return cast(redis.Redis, get_redis(self.app))
 
     def _entry_key(self, name: str) -> str:
-        return cast(str, ScheduleEntry.generate_key(self.app, name))
+        """The Redis key of a user entry; a name that could address the scheduler's own
+        keys (``redbeat::lock``, ``::schedule``, ``::statics``) never gets this far."""
+        return cast(str, ScheduleEntry.generate_key(self.app, check_entry_name(name)))
 
     def _static_names(self) -> set[str]:
         stored = self._state_redis().smembers(ensure_conf(self.app).statics_key)
@@ -935,29 +1195,27 @@ class CeleryClient:
         enabled: bool = True,
     ) -> ScheduleEntry:
         """Validate one entry's arguments; nothing is written."""
+        if not self._registry_loaded:
+            self.load_tasks()  # a typo in a task name is refused before it is stored
         self._check_task_name(task_name)
         sched = parse_schedule(schedule_type, schedule_value, tz=self.app.timezone, now=self.app.now())
         args_list = list(args or ())
         kwargs_dict = dict(kwargs or {})
-        check_json_arguments(args_list, kwargs_dict)
+        check_json_arguments(args_list, kwargs_dict, max_bytes=self._max_argument_bytes)
+        self._check_signature(task_name, args_list, kwargs_dict)
         opts = dict(options or {})
         check_priority(opts.get("priority"))
         if queue is not None:
-            if not isinstance(queue, str) or not queue.strip():
-                raise InvalidRequestError(f"queue must be a non-empty string; got {queue!r}", field="queue")
-            opts["queue"] = queue
+            opts["queue"] = self.check_queue(queue)
+        elif opts.get("queue") is not None:
+            self.check_queue(opts["queue"], field="options.queue")
         try:
             kombu_json_dumps(opts)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentsError(f"options cannot be stored as JSON: {exc}", field="options") from exc
         if name is None:
             name = f"{task_name}:{schedule_type}:{describe_schedule(sched, timezone=self.timezone).value}"
-        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_ENTRY_NAME_LENGTH:
-            raise InvalidRequestError(
-                f"name must be a non-empty string of at most {_MAX_ENTRY_NAME_LENGTH} "
-                f"characters; got {name!r}",
-                field="name",
-            )
+        check_entry_name(name)
         if not isinstance(enabled, bool):
             raise InvalidRequestError(f"enabled must be true or false; got {enabled!r}", field="enabled")
         return ScheduleEntry(
@@ -1043,18 +1301,36 @@ class CeleryClient:
     def list_periodic_tasks(self) -> list[dict[str, Any]]:
         """Every entry, static and dynamic, sorted by name: name, task, schedule (type,
         value, description), args, kwargs, queue, options, enabled, last_run_at,
-        next_run_at, total_run_count, static."""
+        next_run_at, total_run_count, static. See :meth:`periodic_tasks_page` for pages."""
+        return self._periodic_page(None, 0)[1]
+
+    def periodic_tasks_page(self, limit: int = 100, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """One page of :meth:`list_periodic_tasks` (sorted by name) and the total count;
+        only the page's entries are read and decoded."""
+        _check_page(limit, offset)
+        return self._periodic_page(limit, offset)
+
+    def _periodic_page(self, limit: int | None, offset: int) -> tuple[int, list[dict[str, Any]]]:
         conf = ensure_conf(self.app)
+        prefix = str(conf.key_prefix)
         with self._unreachable("could not list periodic tasks"):
             client = self._state_redis()
             keys = cast(list[str], client.zrange(conf.schedule_key, 0, -1))
+            # Only user and static entries: never the scheduler's own ``prefix:`` keys.
+            own = prefix + ":"
+            names = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix) and not k.startswith(own))
+            page = names[offset : None if limit is None else offset + limit]
             with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hmget(key, "definition", "meta")
-                rows = pipe.execute()
+                for name in page:
+                    pipe.hmget(prefix + name, "definition", "meta")
+                rows = pipe.execute(raise_on_error=False)
             statics = self._static_names()
         entries = []
-        for definition, meta in rows:
+        for name, row in zip(page, rows, strict=True):
+            if isinstance(row, Exception):
+                logger.warning("periodic entry %r is unreadable (%s); skipping it", name, row)
+                continue
+            definition, meta = row
             if not definition:
                 continue
             fields = ScheduleEntry.decode_definition(definition)
@@ -1063,7 +1339,7 @@ class CeleryClient:
             entry = ScheduleEntry(app=self.app, **fields)
             entry.last_run_at = decoded_meta.get("last_run_at")
             entries.append(self._describe_entry(entry, statics))
-        return sorted(entries, key=lambda e: e["name"])
+        return len(names), entries
 
     def _describe_entry(self, entry: ScheduleEntry, statics: set[str]) -> dict[str, Any]:
         info = describe_schedule(entry.schedule, timezone=self.timezone)
@@ -1089,6 +1365,7 @@ class CeleryClient:
         """Tasks that failed for good and messages workers refused, newest first: the
         total and one page. Each entry has id, task_id, task, args, kwargs, queue,
         reason, error, traceback, recorded_at and whether it can be re-submitted."""
+        _check_page(limit, offset)
         with self._unreachable("could not read the dead-letter list"):
             return dead_letters_for(self.app, self._state_redis()).list(limit=limit, offset=offset)
 
@@ -1101,20 +1378,45 @@ class CeleryClient:
         return entry
 
     def resubmit_dead_letter(self, entry_id: str) -> str:
-        """Send the entry's task again (same id, args, kwargs and queue) and remove the
-        entry; the task id."""
+        """Send the entry's task again (same id, args, kwargs and queue; the old result
+        is replaced) and remove the entry; the task id. The entry is claimed atomically:
+        of concurrent calls exactly one sends, the others get
+        :class:`DeadLetterNotFoundError`."""
         entry = self.get_dead_letter(entry_id)
         if not entry.get("resubmittable") or not entry.get("task"):
             raise DeadLetterNotResubmittableError(entry_id, f"it was recorded as {entry.get('reason')!r}")
-        result = self.submit(
-            entry["task"],
-            entry.get("args") or [],
-            entry.get("kwargs") or {},
-            task_id=entry.get("task_id") or None,
-            queue=entry.get("queue") or None,
+        request = self._validated(
+            TaskRequest(
+                entry["task"],
+                entry.get("args") or [],
+                entry.get("kwargs") or {},
+                entry.get("task_id") or None,
+                entry.get("queue") or None,
+            )
         )
-        self.delete_dead_letter(entry_id)
-        return str(result.id)
+        store = dead_letters_for(self.app, self._state_redis())
+        with self._unreachable("could not update the dead-letter list"):
+            claimed = store.claim(entry_id)
+        if claimed is None:
+            raise DeadLetterNotFoundError(entry_id)
+        try:
+            return self._republish(request)
+        except BaseException:
+            with self._unreachable("could not restore the dead-letter entry"):
+                store.restore(claimed)
+            raise
+
+    def _republish(self, request: TaskRequest) -> str:
+        """Send a task again under its own id: the system's re-publish, not a caller's
+        new submit, so the id is not refused; its old result is dropped first, so the
+        status reads PENDING until the new run stores one."""
+        task_id = request.options.get("task_id")
+        if task_id:
+            with self._unreachable(f"could not re-submit {task_id}"), suppress(NotImplementedError):
+                self.app.backend.forget(task_id)
+                ttl = self._claim_ttl(request.options)
+                self._state_redis().set(self._claim_key(task_id), "1", ex=ttl or None)
+        return self._publish(request)
 
     def delete_dead_letter(self, entry_id: str) -> bool:
         """Remove an entry; ``False`` if there was none."""
@@ -1129,8 +1431,9 @@ class CeleryClient:
         self._hooks.register(on_startup, on_shutdown)
 
     def known_queues(self) -> list[str]:
-        """The default queue and every queue named by a route."""
-        names = {self.task_default_queue}
+        """The default queue, every queue named by a route, and those configured in
+        ``tasksys_known_queues``: the queues outside callers (the HTTP API) may name."""
+        names = {self.task_default_queue, *(self.app.conf.get("tasksys_known_queues") or ())}
         for route in self.task_routes.values():
             if isinstance(route, Mapping) and isinstance(route.get("queue"), str):
                 names.add(route["queue"])
@@ -1216,6 +1519,41 @@ class CeleryClient:
         if self._publisher is not None:
             self._publisher.close()
         self.app.close()
+
+
+def _parameters(signature: inspect.Signature) -> str:
+    """``x, y, *rest, z=1`` without annotations: what a caller of the task may pass."""
+    parts = []
+    for parameter in signature.parameters.values():
+        shown = parameter.name
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            shown = "*" + shown
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            shown = "**" + shown
+        elif parameter.default is not parameter.empty:
+            shown += "=" + repr(parameter.default)
+        parts.append(shown)
+    return ", ".join(parts)
+
+
+def _check_page(limit: Any, offset: Any) -> None:
+    """``limit`` 1..1000 and ``offset`` 0..10**9, as every list endpoint takes them."""
+    for name, value, low, high in (("limit", limit, 1, MAX_PAGE_SIZE), ("offset", offset, 0, MAX_OFFSET)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidRequestError(
+                f"{name} must be an integer from {low} to {high}; got {value!r}", field=name
+            )
+
+
+def _refuses_writes(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis answered but will not write: out of memory (``OOM``, also when it aborted a
+    MULTI/EXEC for it), or a read-only replica after a failover."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+        return True
+    text = str(exc)
+    return text.startswith(("OOM", "READONLY")) or (
+        isinstance(exc, redis.exceptions.ExecAbortError) and "OOM" in text
+    )
 
 
 def _status_of(raw: bytes | None, backend: Any) -> str:

@@ -74,6 +74,30 @@ class DeadLetters:
         raw = self.client.hget(self.hash_key, entry_id)
         return json.loads(cast(str, raw)) if raw else None
 
+    def claim(self, entry_id: str) -> dict[str, Any] | None:
+        """Take an entry out of the list atomically and return it: of several callers,
+        exactly one gets the entry (the others ``None``), so it is re-submitted once."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.hash_key, entry_id)
+            pipe.hdel(self.hash_key, entry_id)
+            pipe.zscore(self.index_key, entry_id)
+            pipe.zrem(self.index_key, entry_id)
+            raw, deleted, score, _ = pipe.execute()
+        if not deleted or not raw:
+            return None
+        entry = cast(dict[str, Any], json.loads(raw))
+        entry["_score"] = score
+        return entry
+
+    def restore(self, entry: dict[str, Any]) -> None:
+        """Put a claimed entry back as it was (its re-submission failed)."""
+        entry = dict(entry)
+        score = entry.pop("_score", None) or time.time()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.hash_key, entry["id"], json.dumps(entry, default=repr))
+            pipe.zadd(self.index_key, {entry["id"]: float(score)})
+            pipe.execute()
+
     def remove(self, entry_id: str) -> bool:
         """Delete an entry; ``False`` if there was none."""
         with self.client.pipeline(transaction=True) as pipe:

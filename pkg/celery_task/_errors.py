@@ -6,13 +6,15 @@ The tree::
     ├── InvalidRequestError (also ValueError)    bad input; nothing was written
     │   ├── InvalidScheduleError                 schedule type/value/time rejected
     │   ├── UnknownTaskError                     task name not in the loaded registry
-    │   ├── InvalidArgumentsError                args/kwargs not JSON-serialisable
-    │   └── InvalidPriorityError                 priority outside 0..9
+    │   ├── InvalidArgumentsError                args/kwargs not JSON, too deep or too large
+    │   ├── InvalidPriorityError                 priority outside 0..9
+    │   └── TaskIdInUseError                     a caller-supplied task_id is already known
     ├── PeriodicTaskNotFoundError (also KeyError) no entry of that name
     ├── PeriodicTaskConflictError                the entry is static: disable it, do not delete/replace
     ├── DeadLetterNotFoundError (also KeyError)  no dead-letter entry with that id
     ├── DeadLetterNotResubmittableError          the entry has no task to send again (undecodable)
     ├── BrokerUnavailableError                   broker/backend unreachable; nothing half-sent
+    │   └── StoreFullError                       Redis refuses writes (out of memory)
     └── ResultTimeoutError (also TimeoutError)   get_result waited longer than asked
 """
 
@@ -29,6 +31,8 @@ __all__ = [
     "PeriodicTaskConflictError",
     "PeriodicTaskNotFoundError",
     "ResultTimeoutError",
+    "StoreFullError",
+    "TaskIdInUseError",
     "TaskSystemError",
     "UnknownTaskError",
 ]
@@ -65,6 +69,20 @@ class InvalidArgumentsError(InvalidRequestError):
 
 class InvalidPriorityError(InvalidRequestError):
     """Priority is not an integer from 0 (lowest) to 9 (highest)."""
+
+
+class TaskIdInUseError(InvalidRequestError):
+    """A caller-supplied ``task_id`` is already queued, scheduled, running, finished
+    within the result TTL or revoked: ids are idempotency keys, so nothing was sent."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(
+            f"task_id {task_id!r} is already in use ({reason}); nothing was sent. A task id "
+            "names one task: submit without task_id, or with a new one",
+            field="task_id",
+        )
+        self.task_id = task_id
+        self.reason = reason
 
 
 class PeriodicTaskNotFoundError(TaskSystemError, KeyError):
@@ -114,6 +132,11 @@ class BrokerUnavailableError(TaskSystemError):
     def __init__(self, message: str, *, sent_ids: list[str] | None = None) -> None:
         super().__init__(message)
         self.sent_ids: list[str] = list(sent_ids or [])
+
+
+class StoreFullError(BrokerUnavailableError):
+    """Redis answered but refused to store anything (``maxmemory`` reached with a
+    ``noeviction`` policy); retry once memory is available."""
 
 
 class ResultTimeoutError(TaskSystemError, TimeoutError):

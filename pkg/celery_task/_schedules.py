@@ -17,7 +17,8 @@ from celery.schedules import crontab, schedule
 from cron_descriptor import ExpressionDescriptor, Options
 from redbeat.schedules import rrule
 
-from ._errors import InvalidScheduleError
+from ._errors import InvalidRequestError, InvalidScheduleError
+from ._limits import MAX_INTERVAL, MIN_INTERVAL, check_seconds, check_time, shown
 
 ScheduleType = Literal["cron", "interval", "once"]
 SCHEDULE_TYPES: tuple[str, ...] = ("cron", "interval", "once")
@@ -31,6 +32,10 @@ CRON_FIELDS: tuple[tuple[str, int, int], ...] = (
     ("day_of_week", 7, 0),
 )
 _CRON_FIELD_NAMES = tuple(name for name, _, _ in CRON_FIELDS)
+#: Longest month of each month number (February counts its leap day).
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+#: Furthest ahead a ``once`` entry may be scheduled.
+MAX_ONCE_AHEAD = timedelta(days=10 * 366)
 
 
 @dataclass(frozen=True)
@@ -84,16 +89,25 @@ def _parse_cron(value: Any) -> crontab:
             f"{', '.join(_CRON_FIELD_NAMES)}; got {type(value).__name__}",
             field="schedule_value",
         )
+    expanded: dict[str, set[int]] = {}
     for name, max_, min_ in CRON_FIELDS:
         spec = fields[name]
         try:
-            expanded = crontab._expand_cronspec(spec, max_, min_)
+            expanded[name] = set(crontab._expand_cronspec(spec, max_, min_))
         except Exception as exc:  # celery raises ValueError or its ParseException
             raise InvalidScheduleError(
                 f"invalid cron {name} {spec!r}: {exc}", field="schedule_value"
             ) from exc
-        if not expanded:
+        if not expanded[name]:
             raise InvalidScheduleError(f"cron {name} {spec!r} matches nothing", field="schedule_value")
+    if not any(
+        day <= _MONTH_DAYS[month] for month in expanded["month_of_year"] for day in expanded["day_of_month"]
+    ):
+        raise InvalidScheduleError(
+            f"cron day_of_month {fields['day_of_month']!r} with month_of_year "
+            f"{fields['month_of_year']!r} never fires: none of those months has such a day",
+            field="schedule_value",
+        )
     return crontab(**fields)
 
 
@@ -101,18 +115,25 @@ def _parse_interval(value: Any) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = float(value) if abs(value) < 1e15 and math.isfinite(value) else math.inf
     else:
         raise InvalidScheduleError(
             f"interval must be a number of seconds or a timedelta; got {type(value).__name__}",
             field="schedule_value",
         )
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise InvalidScheduleError(
-            f"interval must be a positive number of seconds; got {value!r}",
-            field="schedule_value",
+    try:
+        return check_seconds(
+            seconds,
+            field="interval",
+            minimum=MIN_INTERVAL.total_seconds(),
+            maximum=MAX_INTERVAL.total_seconds(),
         )
-    return seconds
+    except InvalidRequestError as exc:
+        raise InvalidScheduleError(
+            f"interval must be a positive number of seconds from {MIN_INTERVAL.total_seconds()} "
+            f"to {int(MAX_INTERVAL.total_seconds())} (366 days); got {shown(value)}",
+            field="schedule_value",
+        ) from exc
 
 
 def _parse_once(value: Any, *, tz: tzinfo, now: datetime) -> rrule:
@@ -127,7 +148,10 @@ def _parse_once(value: Any, *, tz: tzinfo, now: datetime) -> rrule:
         raise InvalidScheduleError(
             f"once schedule needs a datetime; got {type(value).__name__}", field="schedule_value"
         )
-    when = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+    try:
+        when = check_time(value, field="once", tz=tz, latest=now + MAX_ONCE_AHEAD)
+    except InvalidRequestError as exc:
+        raise InvalidScheduleError(str(exc), field="schedule_value") from exc
     if when.microsecond:
         # RedBeat stores whole seconds; round up so it never fires early.
         when = when.replace(microsecond=0) + timedelta(seconds=1)

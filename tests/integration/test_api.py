@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -56,6 +57,11 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
     assert body["error"]["code"] == code, body
     return body["error"]
+
+
+#: A queue the API accepts (``CELERY_EXTRA_QUEUES`` of the ``api`` fixture) that no
+#: worker consumes: a rejected request that wrongly sent something would show up there.
+QUARANTINE = "quarantine"
 
 
 class Untouched:
@@ -225,7 +231,7 @@ def test_periodic_task_lifecycle(api: Api, stack: Stack, unique: str) -> None:
     assert replaced["enabled"] is True and replaced["total_run_count"] >= 2
     got = api.http.get(f"/api/v1/periodic-tasks/{name}").json()
     assert got == replaced
-    listed = api.http.get("/api/v1/periodic-tasks").json()["periodic_tasks"]
+    listed = api.http.get("/api/v1/periodic-tasks", params={"limit": 1000}).json()["periodic_tasks"]
     assert name in {e["name"] for e in listed} and {"task_heartbeat_30s"} <= {e["name"] for e in listed}
     assert api.http.delete(f"/api/v1/periodic-tasks/{name}").status_code == 204
     assert_error(api.http.get(f"/api/v1/periodic-tasks/{name}"), 404, "periodic_task_not_found")
@@ -243,7 +249,11 @@ def test_static_entries_can_be_disabled_but_not_deleted(api: Api) -> None:
         assert_error(
             api.http.put(
                 f"/api/v1/periodic-tasks/{name}",
-                json={"task": "math.number_sum", "schedule": {"type": "interval", "value": 5}},
+                json={
+                    "task": "math.number_sum",
+                    "schedule": {"type": "interval", "value": 5},
+                    "args": [1, 1],
+                },
             ),
             409,
             "conflict",
@@ -303,8 +313,8 @@ def test_token_is_required_except_for_healthz(api: Api) -> None:
     "task", ["tests.internal_only", "celery.backend_cleanup", "celery.chord_unlock", "no.such"]
 )
 def test_non_public_tasks_are_unknown(api: Api, stack: Stack, unique: str, task: str) -> None:
-    untouched = Untouched(stack, f"quarantine-{unique}")
-    response = api.http.post("/api/v1/tasks", json={"task": task, "queue": f"quarantine-{unique}"})
+    untouched = Untouched(stack, QUARANTINE)
+    response = api.http.post("/api/v1/tasks", json={"task": task, "queue": QUARANTINE})
     error = assert_error(response, 404, "unknown_task")
     assert task in error["message"]
     workflow = {"type": "chain", "steps": [{"task": "math.number_sum", "args": [1, 1]}, {"task": task}]}
@@ -312,6 +322,13 @@ def test_non_public_tasks_are_unknown(api: Api, stack: Stack, unique: str, task:
     entry = {"name": f"x-{unique}", "task": task, "schedule": {"type": "interval", "value": 5}}
     assert_error(api.http.post("/api/v1/periodic-tasks", json=entry), 404, "unknown_task")
     untouched.check()
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 BAD_TASK_BODIES = [
@@ -328,6 +345,21 @@ BAD_TASK_BODIES = [
     ({"task": "math.number_sum", "surprise": 1}, "surprise"),
     ({"task": "math.number_sum", "countdown": 5, "eta": "2030-01-01T00:00:00+00:00"}, "countdown"),
     ({"task": "math.number_sum", "expires": 0}, "expires"),
+    ({"task": "math.number_sum", "args": [float("nan"), 1]}, "args"),
+    ({"task": "math.number_sum", "args": [1, float("inf")]}, "args"),
+    ({"task": "math.number_sum", "countdown": float("nan")}, "countdown"),
+    ({"task": "math.number_sum", "expires": 1e12}, "expires"),
+    ({"task": "math.number_sum", "expires": 1e300}, "expires"),
+    ({"task": "math.number_sum", "countdown": 2592000, "expires": "9999-12-31T00:00:00"}, "expires"),
+    ({"task": "math.number_sum", "eta": "0001-01-01T00:00:00"}, "eta"),
+    ({"task": "math.number_sum", "args": [1, 2, 3]}, "args"),
+    ({"task": "math.number_sum", "args": [nested(500), 1]}, "args"),
+    ({"task": "math.number_sum", "kwargs": {"x": nested(40), "y": 1}, "args": []}, "kwargs"),
+    ({"task": "math.number_sum", "queue": "celery-task-meta-0123"}, "queue"),
+    ({"task": "math.number_sum", "queue": "unacked"}, "queue"),
+    ({"task": "math.number_sum", "queue": "tasksys:revoked"}, "queue"),
+    ({"task": "math.number_sum", "queue": "redbeat::lock"}, "queue"),
+    ({"task": "math.number_sum", "queue": "not-configured"}, "queue"),
 ]
 
 
@@ -335,16 +367,17 @@ BAD_TASK_BODIES = [
 def test_bad_task_bodies_are_422_naming_the_field(
     api: Api, stack: Stack, unique: str, body: dict, field: str
 ) -> None:
-    queue = f"quarantine-{unique}"
+    queue = QUARANTINE
     untouched = Untouched(stack, queue)
-    response = api.http.post("/api/v1/tasks", json={**body, "queue": queue})
+    payload = json.dumps({"args": [1, 2], "queue": queue, **body})  # NaN/Infinity literals too
+    response = api.http.post("/api/v1/tasks", content=payload, headers={"Content-Type": "application/json"})
     error = assert_error(response, 422, "validation_error")
     assert field in {d["field"] for d in error["details"]}, error
     untouched.check()
 
 
 def test_invalid_json_and_wrong_content(api: Api, stack: Stack, unique: str) -> None:
-    untouched = Untouched(stack, f"quarantine-{unique}")
+    untouched = Untouched(stack, QUARANTINE)
     response = api.http.post(
         "/api/v1/tasks", content=b'{"task": "math.number_sum", ', headers={"Content-Type": "application/json"}
     )
@@ -362,13 +395,16 @@ def test_invalid_json_and_wrong_content(api: Api, stack: Stack, unique: str) -> 
         ({"type": "cron", "value": "61 * * * *"}, "invalid cron minute '61'"),
         ({"type": "cron", "value": "* * *"}, "has 3 fields; expected 5"),
         ({"type": "interval", "value": 0}, "interval must be a positive number"),
+        ({"type": "interval", "value": 1e12}, "interval must be a positive number"),
+        ({"type": "interval", "value": 1e-9}, "interval must be a positive number"),
+        ({"type": "cron", "value": "0 0 30 2 *"}, "never fires"),
         ({"type": "interval", "value": "soon"}, "interval must be a number of seconds"),
         ({"type": "once", "value": "2001-01-01T00:00:00+00:00"}, "is in the past"),
         ({"type": "weekly", "value": 1}, "schedule.type"),
     ],
 )
 def test_bad_schedules_are_422(api: Api, stack: Stack, unique: str, schedule: dict, message: str) -> None:
-    untouched = Untouched(stack, f"quarantine-{unique}")
+    untouched = Untouched(stack, QUARANTINE)
     body = {"name": f"bad-{unique}", "task": "math.number_sum", "schedule": schedule, "args": [1, 2]}
     error = assert_error(api.http.post("/api/v1/periodic-tasks", json=body), 422, "validation_error")
     assert message in error["message"] or message in str(error["details"]), error
@@ -376,7 +412,7 @@ def test_bad_schedules_are_422(api: Api, stack: Stack, unique: str, schedule: di
 
 
 def test_chord_without_callback_is_422(api: Api, stack: Stack, unique: str) -> None:
-    untouched = Untouched(stack, f"quarantine-{unique}")
+    untouched = Untouched(stack, QUARANTINE)
     body = {"type": "chord", "steps": [{"task": "math.number_sum", "args": [1, 1]}]}
     error = assert_error(api.http.post("/api/v1/workflows", json=body), 422, "validation_error")
     assert error["details"][0]["field"] == "callback"
@@ -384,8 +420,8 @@ def test_chord_without_callback_is_422(api: Api, stack: Stack, unique: str) -> N
 
 
 def test_oversized_body_is_413(api: Api, stack: Stack, unique: str) -> None:
-    untouched = Untouched(stack, f"quarantine-{unique}")
-    big = {"task": "math.number_sum", "args": ["x" * (1024 * 1024 + 10)], "queue": f"quarantine-{unique}"}
+    untouched = Untouched(stack, QUARANTINE)
+    big = {"task": "math.number_sum", "args": ["x" * (1024 * 1024 + 10)], "queue": QUARANTINE}
     assert_error(api.http.post("/api/v1/tasks", json=big), 413, "payload_too_large")
 
     def chunks():

@@ -81,6 +81,9 @@ def same_event(left: dict[str, Any], right: dict[str, Any]) -> None:
     assert a == b
 
 
+#: ETAs are accepted up to 30 days ahead.
+_LATER = datetime.now(UTC).replace(microsecond=0) + timedelta(days=10)
+
 CASES = [
     ("math.number_sum", [1, 2], {}, {}),
     ("math.number_sum", [], {"x": 1, "y": 2}, {"priority": 7, "queue": "default"}),
@@ -90,8 +93,8 @@ CASES = [
         [3, 4],
         {},
         {
-            "eta": datetime(2030, 1, 1, tzinfo=UTC),
-            "expires": datetime(2030, 1, 2, tzinfo=UTC),
+            "eta": _LATER,
+            "expires": _LATER + timedelta(days=1),
         },
     ),
     ("math.number_sum", [5, 6], {}, {"expires": 3600.0, "priority": 0}),
@@ -115,6 +118,13 @@ def test_messages_equal_send_task_field_by_field(
         return got
 
     task_id = f"same-id-{unique}"
+    claim = f"tasksys:task_id:{task_id}"
+
+    def reuse() -> str:
+        """The id again: caller ids are idempotency keys, so give back its claim."""
+        redis_db.client.delete(claim)
+        return task_id
+
     client.app.send_task(task, args, kwargs, task_id=task_id, **options)
     (reference,) = drain(redis_db)
     (reference_event,) = events()
@@ -128,11 +138,11 @@ def test_messages_equal_send_task_field_by_field(
     )
     *_, bulk_template = drain(redis_db)
     *_, bulk_template_event = events()
-    assert client.submit_many([TaskRequest(task, args, kwargs, task_id=task_id, **options)]) == [task_id]
+    assert client.submit_many([TaskRequest(task, args, kwargs, task_id=reuse(), **options)]) == [task_id]
     (bulk,) = drain(redis_db)
     (bulk_event,) = events()
 
-    assert [client.submit(task, args, kwargs, task_id=task_id, **options).id for _ in range(2)] == [
+    assert [client.submit(task, args, kwargs, task_id=reuse(), **options).id for _ in range(2)] == [
         task_id
     ] * 2
     plain, plain_template = drain(redis_db)
@@ -141,7 +151,7 @@ def test_messages_equal_send_task_field_by_field(
     async def send_async() -> list[str]:
         try:
             return [
-                await client.submit_async(task, args, kwargs, task_id=task_id, **options) for _ in range(2)
+                await client.submit_async(task, args, kwargs, task_id=reuse(), **options) for _ in range(2)
             ]
         finally:
             await client.aclose()

@@ -8,6 +8,13 @@ from pathlib import Path
 import pkg.celery_task
 
 EXPECTED = {
+    "ENTRY_NAME_PATTERN",
+    "ID_PATTERN",
+    "MAX_ARGUMENT_DEPTH",
+    "MAX_DELAY",
+    "MAX_EXPIRES",
+    "MAX_INTERVAL",
+    "MIN_INTERVAL",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "SCHEDULE_TYPES",
@@ -30,12 +37,15 @@ EXPECTED = {
     "RedisScheduler",
     "ResultTimeoutError",
     "ScheduleEntry",
+    "StoreFullError",
+    "TaskIdInUseError",
     "TaskRequest",
     "TaskSystemError",
     "TransientError",
     "UnknownTaskError",
     "describe_interval",
     "describe_schedule",
+    "escape_control",
     "parse_schedule",
     "process_loop",
     "run_coroutine",
@@ -74,3 +84,7 @@ def test_errors_form_one_tree() -> None:
         assert issubclass(error, TaskSystemError)
     assert issubclass(InvalidScheduleError, ValueError) and issubclass(UnknownTaskError, ValueError)
     assert issubclass(ResultTimeoutError, TimeoutError) and issubclass(PeriodicTaskNotFoundError, KeyError)
+    from pkg.celery_task import StoreFullError, TaskIdInUseError
+
+    assert issubclass(TaskIdInUseError, InvalidRequestError) and issubclass(TaskIdInUseError, ValueError)
+    assert issubclass(StoreFullError, BrokerUnavailableError)

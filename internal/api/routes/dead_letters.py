@@ -8,7 +8,15 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from internal.api.deps import get_client
 from internal.api.routes.tasks import ERRORS
-from internal.api.schemas import DeadLetter, DeadLetterList, ErrorBody, TaskAccepted
+from internal.api.schemas import (
+    DEFAULT_PAGE_SIZE,
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
+    DeadLetter,
+    DeadLetterList,
+    ErrorBody,
+    TaskAccepted,
+)
 from internal.services import dead_letters as service
 from pkg.celery_task import CeleryClient
 
@@ -22,8 +30,8 @@ WITH_CONFLICT: dict[int | str, dict[str, Any]] = {**ERRORS, 409: {"model": Error
 @router.get("", response_model=DeadLetterList, responses=ERRORS)
 def list_dead_letters(
     client: Client,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> DeadLetterList:
     """Entries, newest first, with why each is there and its error."""
     return service.list_dead_letters(client=client, limit=limit, offset=offset)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from internal.api.deps import get_client
 from internal.api.routes.tasks import ERRORS
 from internal.api.schemas import (
+    DEFAULT_PAGE_SIZE,
+    ENTRY_NAME,
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
     ErrorBody,
     PeriodicTask,
     PeriodicTaskCreate,
@@ -22,14 +26,19 @@ from pkg.celery_task import CeleryClient
 router = APIRouter(prefix="/periodic-tasks", tags=["periodic tasks"])
 
 Client = Annotated[CeleryClient, Depends(get_client)]
-Name = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
+Name = Annotated[str, Path(min_length=1, max_length=200, pattern=ENTRY_NAME)]
 WITH_CONFLICT: dict[int | str, dict[str, Any]] = {**ERRORS, 409: {"model": ErrorBody}}
 
 
 @router.get("", response_model=PeriodicTaskList, responses=ERRORS)
-def list_periodic_tasks(client: Client) -> PeriodicTaskList:
-    """Every entry, static and dynamic, with last and next run."""
-    return PeriodicTaskList(periodic_tasks=service.list_periodic_tasks(client=client))
+def list_periodic_tasks(
+    client: Client,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> PeriodicTaskList:
+    """A page of entries (static and dynamic, sorted by name) with last and next run,
+    and the total count."""
+    return service.list_periodic_tasks(client=client, limit=limit, offset=offset)
 
 
 @router.post("", status_code=201, response_model=PeriodicTask, responses=WITH_CONFLICT)
