@@ -75,7 +75,12 @@ def test_broker_going_down_gives_fast_503_and_recovers(
             (
                 "POST",
                 "/api/v1/periodic-tasks",
-                {"name": "outage", "task": "math.number_sum", "schedule": {"type": "interval", "value": 5}},
+                {
+                    "name": "outage",
+                    "task": "math.number_sum",
+                    "schedule": {"type": "interval", "value": 5},
+                    "args": [1, 2],
+                },
             ),
             ("DELETE", "/api/v1/periodic-tasks/outage", None),
             ("GET", "/api/v1/dead-letters", None),
