@@ -64,22 +64,32 @@ class MetricsMiddleware:
 
 class BearerAuthMiddleware:
     """With a token configured, every path but ``/healthz`` needs
-    ``Authorization: Bearer <token>`` (compared in constant time)."""
+    ``Authorization: Bearer <token>``. The scheme is case-insensitive (RFC 7235:
+    ``bearer`` and ``BEARER`` work too); the token is compared in constant time."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not hmac.compare_digest(given, self.expected):
+        if not _bearer_matches(given, self.expected):
             message = "missing bearer token" if not given else "invalid bearer token"
             await _reject(scope, receive, send, 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
             return
         await self.app(scope, receive, send)
+
+
+def _bearer_matches(header: bytes, expected: bytes) -> bool:
+    """True if ``header`` is ``<scheme> <token>`` with the scheme ``bearer`` in any
+    case and the token equal to ``expected`` (constant-time comparison)."""
+    scheme, _, token = header.strip().partition(b" ")
+    # Compare the token even when the scheme is wrong, so timing says nothing about it.
+    same_token = hmac.compare_digest(token.strip(), expected)
+    return scheme.lower() == b"bearer" and same_token
 
 
 class BodySizeLimitMiddleware:
