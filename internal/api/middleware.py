@@ -33,7 +33,8 @@ async def _reject(
 
 class MetricsMiddleware:
     """Observes every HTTP request's latency by method, route template and status.
-    ``routes`` maps each endpoint to its full path template (bounded label values)."""
+    ``routes`` maps each endpoint to its full path template; unknown methods and
+    statuses are labelled ``other`` (see :class:`Metrics`), so label sets stay bounded."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: dict[Callable[..., Any], str]) -> None:
         self.app = app
@@ -57,9 +58,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             template = self.routes.get(scope.get("endpoint"), "unmatched")  # type: ignore[arg-type]
-            self.metrics.request_latency.labels(
-                method=scope["method"], route=template, status=str(status)
-            ).observe(time.perf_counter() - started)
+            self.metrics.observe_request(
+                method=scope["method"], route=template, status=status, seconds=time.perf_counter() - started
+            )
 
 
 class BearerAuthMiddleware:
