@@ -160,7 +160,8 @@ class CelerySettings(BaseSettings):
 
 class ApiSettings(BaseSettings):
     """HTTP API: ``API_TOKEN`` (bearer auth when set), ``API_HOST``/``API_PORT`` for the
-    local runner, and request limits."""
+    local runner, request limits, and the HTTP server's connection limits (applied by
+    ``python -m internal.api.server``, see ``internal/api/server.py``)."""
 
     model_config = _config("API_")
 
@@ -168,6 +169,19 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: Port = 8000
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: Request line + headers larger than this are refused (431/400) and the connection closed.
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: A connection must deliver a request's complete headers within this many seconds
+    #: of opening (or of the request's first byte), else it is closed.
+    header_timeout: float = Field(10.0, gt=0, le=600)
+    #: An idle keep-alive connection is closed after this many seconds.
+    keepalive_timeout: int = Field(5, ge=1, le=3600)
+    #: Connections (or running requests) beyond this answer 503.
+    max_connections: int = Field(1000, ge=1)
+    #: Connections the kernel queues before the server accepts them.
+    backlog: int = Field(2048, ge=1)
+    #: HTTP/1.1 parser: httptools (fast, C), h11 (pure Python), auto (httptools if installed).
+    http: Literal["auto", "httptools", "h11"] = "auto"
 
     @field_validator("token")
     @classmethod
