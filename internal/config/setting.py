@@ -66,7 +66,8 @@ class AppSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """``REDIS_HOST``/``PORT``/``DB``/``PASSWORD``, or a whole ``REDIS_URL``."""
+    """``REDIS_HOST``/``PORT``/``DB``/``PASSWORD``, or a whole ``REDIS_URL``; and
+    ``REDIS_HEALTH_CHECK_INTERVAL`` for the API's pooled connections."""
 
     model_config = _config("REDIS_")
 
@@ -75,6 +76,9 @@ class RedisSettings(BaseSettings):
     db: int = Field(0, ge=0, le=15)
     password: SecretStr = SecretStr("")
     url: SecretStr | None = None
+    #: The API's Redis client PINGs a pooled connection idle this many seconds before
+    #: using it, so one that died while idle (a Redis restart) is replaced, not used.
+    health_check_interval: int = Field(10, ge=0, le=3600)
 
     @field_validator("url")
     @classmethod
