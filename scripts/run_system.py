@@ -1,5 +1,8 @@
 """Run the whole system locally: the HTTP API, a worker and beat, in one terminal.
 
+The API is served by ``python -m internal.api.server`` (uvicorn with the ``API_*``
+header size, header/keep-alive timeout and connection limits), as in production.
+
 Uses the Redis at ``REDIS_*``/``REDIS_URL`` if it answers; otherwise, for a loopback
 address, starts an embedded ``redis-server`` for the session with its data under
 ``./var/redis/<port>``. Applies database migrations (SQLite under ``./var`` by default).
@@ -175,7 +178,8 @@ def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Chi
     """The API, a worker consuming every queue, and beat."""
     python = sys.executable
     return [
-        Child("api", [python, "-m", "uvicorn", "main:app", "--host", host, "--port", str(port)], env),
+        # uvicorn with the API_* header, timeout and connection limits (internal/api/server.py).
+        Child("api", [python, "-m", "internal.api.server", "--host", host, "--port", str(port)], env),
         Child("worker", [python, "scripts/run_celery_worker.py", "--queues", queues], env),
         Child(
             "beat",

@@ -1,9 +1,16 @@
-"""Prometheus metrics of the API, in a registry of its own (one per app instance)."""
+"""Prometheus metrics of the API, in a registry of its own (one per app instance).
+
+Every label value comes from a bounded set, so hostile input cannot grow ``/metrics``:
+``method`` is a standard HTTP method or ``other``; ``route`` a route template or
+``unmatched``; ``status`` an HTTP status (100-599) or ``other``; ``task`` a public task
+name or ``other``; ``queue`` a known queue (routes, the default queue, configured
+queues) or ``other``.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -11,9 +18,14 @@ from prometheus_client.registry import Collector
 
 from pkg.celery_task import BrokerUnavailableError, CeleryClient
 
-__all__ = ["Metrics"]
+__all__ = ["HTTP_METHODS", "OTHER", "Metrics"]
 
 logger = logging.getLogger(__name__)
+
+#: The label value of anything outside a label's known set.
+OTHER = "other"
+#: Methods kept as they are in the ``method`` label (RFC 9110 plus PATCH).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class _QueueLengthCollector(Collector):
@@ -36,17 +48,37 @@ class _QueueLengthCollector(Collector):
         yield lengths
 
 
+class _SubmittedCounter:
+    """``tasks_submitted.labels(task=..., queue=...)`` with both values bounded."""
+
+    def __init__(self, counter: Counter, metrics: Metrics) -> None:
+        self._counter = counter
+        self._metrics = metrics
+
+    def labels(self, *, task: str, queue: str) -> Counter:
+        """The child counter for this task and queue (``other`` when unknown)."""
+        metrics = self._metrics
+        return self._counter.labels(task=metrics.task_label(task), queue=metrics.queue_label(queue))
+
+
 class Metrics:
     """Tasks submitted (by task and queue), request latency (by method, route and
-    status) and queue lengths (read at scrape time)."""
+    status) and queue lengths (read at scrape time). ``queues`` are queues known
+    besides the client's own (``known_queues()``), e.g. ``CELERY_QUEUES``."""
 
-    def __init__(self, client: CeleryClient) -> None:
+    def __init__(self, client: CeleryClient, *, queues: Iterable[str] = ()) -> None:
+        self.client = client
+        self._extra_queues = frozenset(queues)
+        self._known_queues: frozenset[str] | None = None
         self.registry = CollectorRegistry()
-        self.tasks_submitted = Counter(
-            "tasksys_tasks_submitted",
-            "Tasks accepted for sending through the API",
-            ["task", "queue"],
-            registry=self.registry,
+        self.tasks_submitted = _SubmittedCounter(
+            Counter(
+                "tasksys_tasks_submitted",
+                "Tasks accepted for sending through the API",
+                ["task", "queue"],
+                registry=self.registry,
+            ),
+            self,
         )
         self.request_latency = Histogram(
             "tasksys_http_request_duration_seconds",
@@ -56,3 +88,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.registry.register(_QueueLengthCollector(client))
+
+    def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one request's latency; ``route`` must already be a template."""
+        self.request_latency.labels(
+            method=method if method in HTTP_METHODS else OTHER,
+            route=route,
+            status=str(status) if 100 <= status <= 599 else OTHER,
+        ).observe(seconds)
+
+    def task_label(self, task: str) -> str:
+        """``task`` if it is a public task of the client, else ``other``."""
+        return task if self.client.is_public(task) else OTHER
+
+    def queue_label(self, queue: str) -> str:
+        """``queue`` if the system knows it, else ``other``."""
+        if self._known_queues is None:  # routes and the default queue are fixed per client
+            self._known_queues = frozenset(self.client.known_queues()) | self._extra_queues
+        return queue if queue in self._known_queues else OTHER

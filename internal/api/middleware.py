@@ -33,7 +33,8 @@ async def _reject(
 
 class MetricsMiddleware:
     """Observes every HTTP request's latency by method, route template and status.
-    ``routes`` maps each endpoint to its full path template (bounded label values)."""
+    ``routes`` maps each endpoint to its full path template; unknown methods and
+    statuses are labelled ``other`` (see :class:`Metrics`), so label sets stay bounded."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: dict[Callable[..., Any], str]) -> None:
         self.app = app
@@ -57,29 +58,39 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             template = self.routes.get(scope.get("endpoint"), "unmatched")  # type: ignore[arg-type]
-            self.metrics.request_latency.labels(
-                method=scope["method"], route=template, status=str(status)
-            ).observe(time.perf_counter() - started)
+            self.metrics.observe_request(
+                method=scope["method"], route=template, status=status, seconds=time.perf_counter() - started
+            )
 
 
 class BearerAuthMiddleware:
     """With a token configured, every path but ``/healthz`` needs
-    ``Authorization: Bearer <token>`` (compared in constant time)."""
+    ``Authorization: Bearer <token>``. The scheme is case-insensitive (RFC 7235:
+    ``bearer`` and ``BEARER`` work too); the token is compared in constant time."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not hmac.compare_digest(given, self.expected):
+        if not _bearer_matches(given, self.expected):
             message = "missing bearer token" if not given else "invalid bearer token"
             await _reject(scope, receive, send, 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
             return
         await self.app(scope, receive, send)
+
+
+def _bearer_matches(header: bytes, expected: bytes) -> bool:
+    """True if ``header`` is ``<scheme> <token>`` with the scheme ``bearer`` in any
+    case and the token equal to ``expected`` (constant-time comparison)."""
+    scheme, _, token = header.strip().partition(b" ")
+    # Compare the token even when the scheme is wrong, so timing says nothing about it.
+    same_token = hmac.compare_digest(token.strip(), expected)
+    return scheme.lower() == b"bearer" and same_token
 
 
 class BodySizeLimitMiddleware:

@@ -66,7 +66,8 @@ class AppSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """``REDIS_HOST``/``PORT``/``DB``/``PASSWORD``, or a whole ``REDIS_URL``."""
+    """``REDIS_HOST``/``PORT``/``DB``/``PASSWORD``, or a whole ``REDIS_URL``; and
+    ``REDIS_HEALTH_CHECK_INTERVAL`` for the API's pooled connections."""
 
     model_config = _config("REDIS_")
 
@@ -75,6 +76,9 @@ class RedisSettings(BaseSettings):
     db: int = Field(0, ge=0, le=15)
     password: SecretStr = SecretStr("")
     url: SecretStr | None = None
+    #: The API's Redis client PINGs a pooled connection idle this many seconds before
+    #: using it, so one that died while idle (a Redis restart) is replaced, not used.
+    health_check_interval: int = Field(10, ge=0, le=3600)
 
     @field_validator("url")
     @classmethod
@@ -172,7 +176,8 @@ class CelerySettings(BaseSettings):
 
 class ApiSettings(BaseSettings):
     """HTTP API: ``API_TOKEN`` (bearer auth when set), ``API_HOST``/``API_PORT`` for the
-    local runner, and request limits."""
+    local runner, request limits, and the HTTP server's connection limits (applied by
+    ``python -m internal.api.server``, see ``internal/api/server.py``)."""
 
     model_config = _config("API_")
 
@@ -180,6 +185,19 @@ class ApiSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: Port = 8000
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: Request line + headers larger than this are refused (431/400) and the connection closed.
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: A connection must deliver a request's complete headers within this many seconds
+    #: of opening (or of the request's first byte), else it is closed.
+    header_timeout: float = Field(10.0, gt=0, le=600)
+    #: An idle keep-alive connection is closed after this many seconds.
+    keepalive_timeout: int = Field(5, ge=1, le=3600)
+    #: Connections (or running requests) beyond this answer 503.
+    max_connections: int = Field(1000, ge=1)
+    #: Connections the kernel queues before the server accepts them.
+    backlog: int = Field(2048, ge=1)
+    #: HTTP/1.1 parser: httptools (fast, C), h11 (pure Python), auto (httptools if installed).
+    http: Literal["auto", "httptools", "h11"] = "auto"
 
     @field_validator("token")
     @classmethod

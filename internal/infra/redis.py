@@ -10,6 +10,9 @@ import logging
 
 from redis import RedisError
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from internal.config.setting import setting
 
@@ -32,7 +35,12 @@ async def init_redis(url: str | None = None, *, verify: bool = True) -> Redis:
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=10,
-        health_check_interval=30,
+        # A connection that died while idle (Redis restarted) is found by a PING before
+        # use, and a command that meets one is retried once, at once, on a fresh
+        # connection; timeouts are not retried, so a down Redis still fails fast.
+        health_check_interval=setting.redis.health_check_interval,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
     )
     where = setting.safe_redis_url if url is None else "the given URL"
     try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import text
 
 from internal.api.schemas import CheckOut, Readiness, WorkerInfo
@@ -13,7 +16,7 @@ from internal.infra.database import get_engine
 from internal.infra.redis import get_redis
 from pkg.celery_task import CeleryClient
 
-__all__ = ["list_workers", "queue_lengths", "readiness"]
+__all__ = ["list_workers", "queue_lengths", "readiness", "redis_accepts_writes"]
 
 CHECK_TIMEOUT = 2.0
 
@@ -72,15 +75,41 @@ async def _timed(probe: Any) -> CheckOut:
     return CheckOut(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2), error=None)
 
 
+#: Key of this process's write probe (expires by itself; never shared between processes).
+PROBE_KEY = f"tasksys:readyz:{socket.gethostname()}:{os.getpid()}"
+
+
+async def redis_accepts_writes() -> None:
+    """PING is not enough: a Redis at ``maxmemory`` with ``noeviction`` answers PING and
+    reads but refuses every write, so submits would fail while readiness said ok. Write
+    a tiny key with a short TTL instead; on refusal, say how full Redis is."""
+    client = get_redis()
+    try:
+        await client.set(PROBE_KEY, "1", px=10_000)
+    except OutOfMemoryError as exc:
+        raise OutOfMemoryError(f"Redis is out of memory ({await _memory_figures(client)}): {exc}") from exc
+
+
+async def _memory_figures(client: Any) -> str:
+    try:
+        info = await client.info("memory")
+    except RedisError as exc:
+        return f"INFO memory failed: {exc}"
+    return ", ".join(
+        f"{name} {info.get(name)}" for name in ("used_memory_human", "maxmemory_human", "maxmemory_policy")
+    )
+
+
 async def readiness(*, client: CeleryClient) -> Readiness:
-    """Broker, result backend, database and Redis, checked concurrently."""
+    """Broker, result backend, database and Redis (reachable and accepting writes),
+    checked concurrently."""
 
     async def database() -> None:
         async with get_engine().connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def redis() -> None:
-        await get_redis().ping()
+        await redis_accepts_writes()
 
     async def celery() -> dict[str, Any]:
         return await asyncio.wait_for(asyncio.to_thread(client.ping, 1.0, workers=False), CHECK_TIMEOUT)

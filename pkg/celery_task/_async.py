@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
 from celery import Celery, states
 from kombu.common import maybe_declare
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ._fastpath import MessageFactory, TaskRequest
 
@@ -29,8 +31,21 @@ __all__ = ["AsyncPublisher", "AsyncResults", "SyncPublisher"]
 logger = logging.getLogger(__name__)
 
 
+#: Seconds a pooled connection may sit idle before it is PINGed ahead of its next use
+#: (``broker_transport_options["health_check_interval"]`` overrides it).
+DEFAULT_HEALTH_CHECK_INTERVAL = 10
+
+
 def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPool:
-    """Bounded, and a burst waits (up to 2 s) for a free connection instead of failing."""
+    """Bounded, and a burst waits (up to 2 s) for a free connection instead of failing.
+
+    Pooled connections go stale when Redis restarts (or kills clients, or a proxy drops
+    idle ones). A connection idle for the health-check interval is PINGed before use,
+    and a command that meets a dead connection is retried once, at once, on a fresh
+    one. Only connection errors are retried: a timeout means Redis is slow, and waiting
+    twice would double the wait. So a stale connection costs a reconnect, not a 503,
+    and a Redis that is really down still fails within a connect attempt or two.
+    """
     transport = client.app.conf.broker_transport_options or {}
     return redis.asyncio.BlockingConnectionPool.from_url(
         url,
@@ -38,7 +53,22 @@ def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPoo
         timeout=2,
         socket_connect_timeout=transport.get("socket_connect_timeout", 2),
         socket_timeout=transport.get("socket_timeout", 10),
+        health_check_interval=transport.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+        retry_on_error=[redis.exceptions.ConnectionError],
     )
+
+
+@contextlib.contextmanager
+def _unavailable(client: CeleryClient, what: str) -> Iterator[None]:
+    """``client._unreachable`` plus Redis refusing writes for lack of memory
+    (``OutOfMemoryError``, a ``ResponseError``): both are ``BrokerUnavailableError``
+    (503 over HTTP), never an unexplained error."""
+    try:
+        with client._unreachable(what):
+            yield
+    except redis.exceptions.OutOfMemoryError as exc:
+        raise client._broker_error(what, exc) from exc
 
 
 class SyncPublisher:
@@ -83,7 +113,7 @@ class AsyncPublisher(SyncPublisher):
             await asyncio.to_thread(self.declare, self.client.app.amqp.queues[queue_name])
         with self.lock:
             task_id, commands = self.factory.build(request)
-        with self.client._unreachable(f"could not send task {request.task_name!r}"):
+        with _unavailable(self.client, f"could not send task {request.task_name!r}"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, args in commands:
                     getattr(pipe, name)(*args)
@@ -121,7 +151,7 @@ class AsyncResults:
     async def metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored metadata per id, ``{"status": "PENDING"}`` when none (one MGET)."""
         keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        with self.client._unreachable("could not read task states"):
+        with _unavailable(self.client, "could not read task states"):
             values = await self.redis.mget(keys)
         return {
             task_id: self.backend.decode_result(raw) if raw else {"status": states.PENDING}
