@@ -149,7 +149,7 @@ def api(stack: Stack, session_tmp: Path) -> Iterator[Api]:
 
     port = free_port()
     env = {**stack.env, "API_TOKEN": API_TOKEN, "CELERY_EXTRA_QUEUES": "quarantine"}
-    argv = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "internal.api.server", "--host", "127.0.0.1", "--port", str(port)]
     proc = ManagedProcess("api", argv, env, session_tmp / "api").start()
     base_url = f"http://127.0.0.1:{port}"
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -59,18 +59,6 @@ def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPoo
     )
 
 
-@contextlib.contextmanager
-def _unavailable(client: CeleryClient, what: str) -> Iterator[None]:
-    """``client._unreachable`` plus Redis refusing writes for lack of memory
-    (``OutOfMemoryError``, a ``ResponseError``): both are ``BrokerUnavailableError``
-    (503 over HTTP), never an unexplained error."""
-    try:
-        with client._unreachable(what):
-            yield
-    except redis.exceptions.OutOfMemoryError as exc:
-        raise client._broker_error(what, exc) from exc
-
-
 class SyncPublisher:
     """A long-lived kombu connection and channel plus the message templates built on
     it; ``lock`` guards building, the channel's client is thread-safe for writing."""
@@ -113,7 +101,7 @@ class AsyncPublisher(SyncPublisher):
             await asyncio.to_thread(self.declare, self.client.app.amqp.queues[queue_name])
         with self.lock:
             task_id, commands = self.factory.build(request)
-        with _unavailable(self.client, f"could not send task {request.task_name!r}"):
+        with self.client._unreachable(f"could not send task {request.task_name!r}"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, args in commands:
                     getattr(pipe, name)(*args)
@@ -151,7 +139,7 @@ class AsyncResults:
     async def metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored metadata per id, ``{"status": "PENDING"}`` when none (one MGET)."""
         keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        with _unavailable(self.client, "could not read task states"):
+        with self.client._unreachable("could not read task states"):
             values = await self.redis.mget(keys)
         return {
             task_id: self.backend.decode_result(raw) if raw else {"status": states.PENDING}

@@ -116,6 +116,8 @@ THROUGHPUT_PROFILE: dict[str, Any] = {
 
 #: Bounded retries for producers: about one second in all, then a clear error.
 _PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
+#: Seconds a pooled Redis connection may idle before it is checked ahead of its next use.
+_HEALTH_CHECK_INTERVAL = 10
 #: Largest JSON text of one task's args and kwargs (``tasksys_max_argument_bytes``).
 DEFAULT_MAX_ARGUMENT_BYTES = 16 * 1024 * 1024
 #: Most entries one page of :meth:`CeleryClient.periodic_tasks_page` returns.
@@ -191,6 +193,9 @@ def _default_conf(
         "result_backend_transport_options": {"retry_policy": dict(_PRODUCER_RETRY_POLICY)},
         "redis_socket_connect_timeout": 2.0,
         "redis_socket_timeout": 10.0,
+        # A pooled connection idle this long is PINGed before use, so one that died
+        # with a Redis restart is replaced instead of failing the next call.
+        "redis_backend_health_check_interval": _HEALTH_CHECK_INTERVAL,
         "task_default_queue": task_default_queue,
         "task_queue_max_priority": MAX_PRIORITY,
         "timezone": timezone,
@@ -210,6 +215,7 @@ def _default_conf(
         "redbeat_redis_options": {
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
+            "health_check_interval": _HEALTH_CHECK_INTERVAL,
             "retry": Retry(NoBackoff(), 1),
         },
         "tasksys_beat_redis_retry_period": 60,
@@ -249,6 +255,7 @@ def _default_conf(
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
+            "health_check_interval": _HEALTH_CHECK_INTERVAL,
         }
     return conf
 
@@ -1007,7 +1014,7 @@ class CeleryClient:
                 raise self._broker_error(what, exc) from exc
             raise StoreFullError(
                 f"{what}: Redis at {maybe_sanitize_url(self.broker_url)} is out of memory and "
-                f"refuses writes ({exc}); retry once memory is available"
+                f"refuses writes ({type(exc).__name__}: {exc}); retry once memory is available"
             ) from exc
         except RuntimeError as exc:
             # Celery's result consumer gives up with a RuntimeError caused by the

@@ -22,7 +22,7 @@ def fuzz_api(stack: Stack, session_tmp) -> Iterator[str]:
     db: RedisDb = reserve_redis_db()
     port = free_port()
     env = {**service_env(db, database_url=stack.database_url), "API_TOKEN": API_TOKEN}
-    argv = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "internal.api.server", "--host", "127.0.0.1", "--port", str(port)]
     proc = ManagedProcess("fuzz-api", argv, env, session_tmp / "fuzz").start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -44,7 +44,8 @@ def _up(httpx, base: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_no_server_errors(fuzz_api: str, tmp_path: Path) -> None:
-    """schemathesis (CLI) over every operation, bounded examples, checking only for 5xx."""
+    """schemathesis (CLI) over every operation, bounded examples, in every phase
+    including stateful sequences, checking only for 5xx."""
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
@@ -61,6 +62,9 @@ def test_no_server_errors(fuzz_api: str, tmp_path: Path) -> None:
             "--request-timeout",
             "10",
             "--continue-on-failure",
+            # every phase, the stateful one too: sequences built from the schema's links
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
             "--no-color",
         ],
         capture_output=True,

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def start_api(redis_url: str, stack: Stack, log_dir: Path) -> tuple[ManagedProcess, str]:
     port = free_port()
     env = service_env(redis_url, database_url=stack.database_url)
-    argv = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "internal.api.server", "--host", "127.0.0.1", "--port", str(port)]
     proc = ManagedProcess(f"api-{port}", argv, env, log_dir).start()
     base = f"http://127.0.0.1:{port}"
 

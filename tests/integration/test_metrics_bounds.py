@@ -59,4 +59,4 @@ def test_metrics_size_stays_bounded_under_random_input(api: Api) -> None:
     assert series == {line.split(" ")[0] for line in initial.splitlines() if not line.startswith("#")}
     assert not any(junk in final for junk in seen)
     assert 'method="other"' in final
-    assert 'task="other"' in final or 'queue="other"' in final
+    # Unknown tasks (404) and queues (422) are refused before they could become labels.

@@ -34,7 +34,7 @@ def test_redis_with_a_password(session_tmp: Path, unique: str) -> None:
         port = free_port()
         api = ManagedProcess(
             "auth-api",
-            [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "internal.api.server", "--host", "127.0.0.1", "--port", str(port)],
             env,
             logs,
         ).start()

@@ -256,7 +256,7 @@ def test_out_of_memory_is_reported_by_readyz_and_submits_get_503(rig: Rig) -> No
         assert ready.status_code == 503
         error = ready.json()["checks"]["redis"]["error"]
         assert error.startswith("OutOfMemoryError: Redis is out of memory") and "maxmemory" in error
-        assert submit.status_code == 503 and submit.json()["error"]["code"] == "broker_unavailable"
+        assert submit.status_code == 503 and submit.json()["error"]["code"] == "store_full"
         assert "OutOfMemoryError" in rig.api.log()  # the API's log says why
     finally:
         db.config_set("maxmemory", "0")
