@@ -7,6 +7,7 @@
 - ``once`` entries are disabled after their single run.
 - Static entries keep their ``enabled`` flag and run history across beat restarts
   (RedBeat would otherwise re-enable a static entry an operator disabled).
+- Redis out of memory: a tick sends nothing and is retried a second later.
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
             return float(super().tick(*args, **kwargs))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("beat: Redis unreachable (%s); retrying in 1 s", exc)
+            return 1.0
+        except redis.exceptions.OutOfMemoryError as exc:
+            logger.warning("beat: Redis is out of memory (%s); nothing sent, retrying in 1 s", exc)
             return 1.0
         except LockError as exc:
             logger.warning("beat: lost the schedule lock (%s); waiting to hold it again", exc)

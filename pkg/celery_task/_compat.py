@@ -12,6 +12,9 @@ upgrade that renames or changes them fails a test instead of a worker in product
   pool-slot semaphore (``_process_task_sem`` / ``_quick_release``); an error there
   escapes the event loop and stops the worker. :func:`guard_process_task` wraps it,
   releasing the slot on error exactly as Celery does for a revoked task.
+- kombu's Redis channel ``_do_restore_message`` knows where a held message goes back
+  to (exchange lookup, priority sub-queue, redelivered flags); :func:`restore_targets`
+  asks it, so the transport can requeue in one script that works when Redis is full.
 - billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
   fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
 """
@@ -28,6 +31,7 @@ __all__ = [
     "brpop_reply",
     "forget_unsent_job",
     "guard_process_task",
+    "restore_targets",
 ]
 
 #: The statements of kombu's ``Channel._brpop_read`` that :func:`brpop_reply` and
@@ -117,3 +121,23 @@ def guard_process_task(
 
     controller._process_task = process_task
     return process_task if on_task_request == original else on_task_request
+
+
+class _PushRecorder:
+    """Stands in for the pipeline ``_do_restore_message`` writes to."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str]] = []
+
+    def lpush(self, key: str, value: str) -> None:
+        self.pushes.append((key, value))
+
+    rpush = lpush
+
+
+def restore_targets(channel: Any, payload: Any, exchange: Any, routing_key: Any) -> list[tuple[str, str]]:
+    """``(list key, encoded message)`` pairs kombu would push to restore ``payload``
+    (marked redelivered, filed by priority, one per bound queue)."""
+    recorder = _PushRecorder()
+    channel._do_restore_message(payload, exchange, routing_key, recorder, leftmost=True)
+    return recorder.pushes

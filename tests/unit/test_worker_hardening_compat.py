@@ -80,3 +80,23 @@ def test_guard_process_task_reports_and_releases_the_slot() -> None:
     controller._process_task("bad")  # the instance attribute is the guarded one too
     assert errors == [("bad", "RecursionError"), ("bad", "RecursionError")]
     assert controller.released == 2
+
+
+def test_kombu_do_restore_message_pushes_through_the_pipe_it_is_given() -> None:
+    source = inspect.getsource(kombu_redis.Channel._do_restore_message)
+    assert "(pipe.lpush if leftmost else pipe.rpush)(" in source
+    assert "self._q_for_pri(queue, pri), dumps(payload)" in source
+
+
+def test_restore_targets_marks_redelivered_and_files_by_priority() -> None:
+    class Channel(PriorityRedisChannel):
+        def __init__(self) -> None:  # no connection: only the filing logic is used
+            self.priority_steps = list(range(10))
+
+        def _lookup(self, exchange: Any, routing_key: Any, default: Any = None) -> list[str]:
+            return [routing_key]
+
+    payload = {"headers": {}, "properties": {"priority": 9, "delivery_info": {}}, "body": ""}
+    ((key, body),) = _compat.restore_targets(Channel(), payload, "ex", "jobs")
+    assert key == "jobs"  # priority 9 is filed in the sub-queue polled first
+    assert '"redelivered": true' in body
