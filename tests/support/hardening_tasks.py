@@ -19,6 +19,16 @@ app = celery_client.app
 #: The ``CELERY_EXTRA_INCLUDE`` value that loads these tasks next to the usual test tasks.
 INCLUDE = "tests.support.tasks,tests.support.hardening_tasks"
 
+#: Name of the extra static beat entry added when ``TASKSYS_TEST_STATIC_TICK_FILE`` is
+#: set: every second it appends a run to that file (beat imports this module at start).
+STATIC_TICK = "hardening_tick_1s"
+_tick_file = os.environ.get("TASKSYS_TEST_STATIC_TICK_FILE")
+if _tick_file:
+    app.conf.beat_schedule = {
+        **app.conf.beat_schedule,
+        STATIC_TICK: {"task": "tests.hardening.append_file", "schedule": 1.0, "args": (_tick_file,)},
+    }
+
 
 @app.task(name="tests.hardening.append_file", bind=True, public=True)
 def append_file(self: Any, path: str, ms: float = 0.0) -> str:
