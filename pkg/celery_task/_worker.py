@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from ._transport import REFUSED_HEADER
 __all__ = [
     "Consumer",
     "DurableRevokes",
+    "EscapingFormatter",
     "EventBatching",
     "RevokeStore",
     "TimerCompaction",
@@ -78,6 +80,18 @@ class WorkerHooks:
         celery_signals.worker_process_init.connect(self._on_process_init, weak=False)
         celery_signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
         celery_signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        celery_signals.after_setup_logger.connect(self._on_setup_logger, weak=False)
+        celery_signals.after_setup_task_logger.connect(self._on_setup_logger, weak=False)
+
+    def _on_setup_logger(self, logger: logging.Logger | None = None, **_: Any) -> None:
+        """Worker and beat logs escape control characters (see :class:`EscapingFormatter`)."""
+        from celery import current_app
+
+        if logger is None or not self._is_ours(current_app._get_current_object()):
+            return
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, EscapingFormatter):
+                handler.setFormatter(EscapingFormatter(handler.formatter))
 
     def register(self, on_startup: Hook | None, on_shutdown: Hook | None) -> None:
         """Add hooks; each list runs in registration order."""
@@ -153,6 +167,85 @@ class WorkerHooks:
                     exc_info=True,
                 )
         process_loop().stop()
+
+
+#: C0 controls, DEL and C1 controls, written as escapes so user data in a log line can
+#: neither start a forged line nor send terminal escape sequences.
+_ESCAPES: dict[int, str] = {
+    code: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(code), f"\\x{code:02x}")
+    for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+}
+_ESCAPES_KEEP_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
+
+
+def escape_control(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...)."""
+    return text.translate(_ESCAPES_KEEP_NEWLINE if keep_newlines else _ESCAPES)
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def format_exception_escaped(exc_info: Any) -> str:
+    """A traceback as ``logging`` prints it, but each exception's own message (which may
+    carry user data) on one escaped line; the frames keep their lines."""
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if not isinstance(exc, BaseException):
+        return escape_control("".join(traceback.format_exception(*exc_info)), keep_newlines=True)
+    parts: list[str] = []
+    chain: list[tuple[traceback.TracebackException, str | None]] = []
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(exc)
+    link: str | None = None
+    seen: set[int] = set()
+    while te is not None and id(te) not in seen:
+        seen.add(id(te))
+        chain.append((te, link))
+        if te.__cause__ is not None:
+            te, link = te.__cause__, _CAUSE
+        elif te.__context__ is not None and not te.__suppress_context__:
+            te, link = te.__context__, _CONTEXT
+        else:
+            te = None
+    for te, link in reversed(chain):
+        if te.stack:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(te.stack.format())
+        parts.extend(escape_control(line.rstrip("\n")) + "\n" for line in te.format_exception_only())
+        if link is not None:
+            parts.append(link)
+    return escape_control("".join(parts), keep_newlines=True).rstrip("\n")
+
+
+class EscapingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: control characters in the message are escaped (a
+    kwargs key such as ``"\\n[2026-12-01 …: CRITICAL/MainProcess] FORGED"`` or
+    ``"\\x1b[31m"`` stays inside its line), and in a traceback each exception message is
+    kept to one escaped line while the frames keep their own lines."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args, record.exc_text
+        try:
+            record.msg, record.args = escape_control(record.getMessage()), None
+        except Exception:  # a broken format string: let the inner formatter report it
+            return self.inner.format(record)
+        try:
+            if record.exc_info and record.exc_info != (None, None, None):
+                record.exc_text = format_exception_escaped(record.exc_info)
+            if record.stack_info:
+                record.stack_info = escape_control(record.stack_info, keep_newlines=True)
+            return self.inner.format(record)
+        finally:
+            record.msg, record.args, record.exc_text = saved
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 #: Exit status of a worker whose Redis credentials are refused (EX_CONFIG).
