@@ -10,6 +10,12 @@ atomic round trip, and writes STARTED only for tasks that are still running.
   it a few milliseconds later. STARTED is written once the task has run for
   ``tasksys_started_delay`` seconds (0: at once, as Celery does); any later state of
   the task cancels a pending STARTED, so STARTED never lands after it.
+- When Redis is out of memory (``maxmemory``, ``noeviction``) a store is retried with
+  capped backoff for ``tasksys_store_oom_retry_period`` seconds (default 600). If it
+  still cannot be stored, a pool process exits instead of reporting: its message is
+  then requeued (``reject_on_worker_lost``) rather than acknowledged with its result
+  lost. Celery itself retries only connection errors, and an out-of-memory answer
+  stored nothing and acknowledged the message anyway.
 """
 
 from __future__ import annotations
@@ -21,13 +27,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.exceptions
+from billiard.process import current_process
 from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-__all__ = ["TimedRedisBackend"]
+__all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
 logger = logging.getLogger(__name__)
+
+#: Exit status of a pool process that could not store a result (EX_TEMPFAIL).
+STORE_FAILED_EXIT = 75
 
 #: KEYS[1] result key; ARGV[1] encoded meta; ARGV[2] expiry in seconds (0: none).
 #: Returns 0 (and writes nothing) when the stored state is already SUCCESS.
@@ -108,7 +119,40 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
 
     def _store_unless_success(self, key: bytes, value: str, expires: Any) -> None:
         seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
-        self._store_script(keys=[key], args=[value, seconds])
+        period = float(self.app.conf.get("tasksys_store_oom_retry_period", 600))
+        deadline = time.monotonic() + period
+        delay, warned_at = 0.05, 0.0
+        while True:
+            try:
+                self._store_script(keys=[key], args=[value, seconds])
+                return
+            except redis.exceptions.OutOfMemoryError as exc:
+                now = time.monotonic()
+                if now >= deadline:
+                    self._give_up_store(key, exc)
+                    raise
+                if now - warned_at >= 10:
+                    logger.warning(
+                        "Redis is out of memory (%s); retrying the result store of %r for up to %.0f s",
+                        exc,
+                        key,
+                        deadline - now,
+                    )
+                    warned_at = now
+                time.sleep(min(delay, max(deadline - now, 0.0)))
+                delay = min(delay * 2, 2.0)
+
+    def _give_up_store(self, key: bytes, exc: Exception) -> None:
+        """In a pool process, exit so the worker requeues the message; elsewhere the
+        error is raised to the caller."""
+        if current_process().name.startswith("ForkPoolWorker"):
+            logger.critical(
+                "Redis stayed out of memory; the result of %r cannot be stored (%s). This pool "
+                "process exits so its message is requeued, not acknowledged without a result",
+                key,
+                exc,
+            )
+            os._exit(STORE_FAILED_EXIT)
 
     @property
     def _store_script(self) -> Any:

@@ -7,12 +7,18 @@
 - ``once`` entries are disabled after their single run.
 - Static entries keep their ``enabled`` flag and run history across beat restarts
   (RedBeat would otherwise re-enable a static entry an operator disabled).
+- Static entries come back by themselves when Redis loses them (a restart without
+  persistence, a flush): every ``tasksys_beat_reseed_interval`` seconds (default 5) one
+  EXISTS call checks their keys, and if any is gone the startup seeding runs again,
+  with a loud log line, since the dynamic entries are gone too.
+- Redis out of memory: a tick sends nothing and is retried a second later.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -154,15 +160,55 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
         sent and the tick is retried every second; a lock that expired meanwhile (and
         may now be held by a standby) is waited for again, as a standby does."""
         try:
-            return float(super().tick(*args, **kwargs))
+            result = float(super().tick(*args, **kwargs))
+            self._reseed_if_lost()
+            return result
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("beat: Redis unreachable (%s); retrying in 1 s", exc)
+            return 1.0
+        except redis.exceptions.OutOfMemoryError as exc:
+            logger.warning("beat: Redis is out of memory (%s); nothing sent, retrying in 1 s", exc)
             return 1.0
         except LockError as exc:
             logger.warning("beat: lost the schedule lock (%s); waiting to hold it again", exc)
             self.lock.acquire()
             logger.info("beat: Acquired lock")
             return 0.0
+
+    _next_seed_check = 0.0
+
+    def _reseed_if_lost(self) -> None:
+        """Store the static entries again if any of their keys is gone (checked every
+        ``tasksys_beat_reseed_interval`` seconds, one EXISTS call)."""
+        now = time.monotonic()
+        if now < self._next_seed_check:
+            return
+        self._next_seed_check = now + float(self.app.conf.get("tasksys_beat_reseed_interval", 5))
+        statics = dict(self.app.redbeat_conf.schedule or {})
+        if not statics:
+            return
+        client = get_redis(self.app)
+        keys = [self.Entry.generate_key(self.app, name) for name in statics]
+        present = int(client.exists(*keys))
+        if present == len(keys):
+            return
+        remaining = int(client.zcard(self.app.redbeat_conf.schedule_key))
+        if present == 0:
+            logger.critical(
+                "beat: the schedule in Redis is gone (Redis restarted without persistence or was "
+                "flushed?): re-seeding %d static entries; dynamic entries were lost and must be "
+                "created again (%d entries left in the schedule index)",
+                len(keys),
+                remaining,
+            )
+        else:
+            logger.warning(
+                "beat: %d of %d static entries vanished from Redis; re-seeding them",
+                len(keys) - present,
+                len(keys),
+            )
+        self.setup_schedule()
+        logger.warning("beat: static entries re-seeded: %s", ", ".join(sorted(statics)))
 
     def close(self) -> None:
         """Release the lock if Redis answers; otherwise it expires by itself."""

@@ -45,6 +45,7 @@ class BaseTask(celery.Task):  # type: ignore[misc]
         TimeoutError,
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
+        redis.exceptions.OutOfMemoryError,
         KombuOperationalError,
     )
     max_retries = 3

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -20,17 +21,22 @@ from celery import Celery, bootsteps
 from celery import signals as celery_signals
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.exceptions import InvalidTaskError
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.utils.url import maybe_sanitize_url
 
+from ._compat import guard_process_task
 from ._deadletter import MAX_TEXT, dead_letters_for, error_of
 from ._loop import process_loop
+from ._transport import REFUSED_HEADER
 
 __all__ = [
     "Consumer",
     "DurableRevokes",
+    "EscapingFormatter",
     "EventBatching",
     "RevokeStore",
     "TimerCompaction",
@@ -74,6 +80,18 @@ class WorkerHooks:
         celery_signals.worker_process_init.connect(self._on_process_init, weak=False)
         celery_signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
         celery_signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        celery_signals.after_setup_logger.connect(self._on_setup_logger, weak=False)
+        celery_signals.after_setup_task_logger.connect(self._on_setup_logger, weak=False)
+
+    def _on_setup_logger(self, logger: logging.Logger | None = None, **_: Any) -> None:
+        """Worker and beat logs escape control characters (see :class:`EscapingFormatter`)."""
+        from celery import current_app
+
+        if logger is None or not self._is_ours(current_app._get_current_object()):
+            return
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, EscapingFormatter):
+                handler.setFormatter(EscapingFormatter(handler.formatter))
 
     def register(self, on_startup: Hook | None, on_shutdown: Hook | None) -> None:
         """Add hooks; each list runs in registration order."""
@@ -149,6 +167,85 @@ class WorkerHooks:
                     exc_info=True,
                 )
         process_loop().stop()
+
+
+#: C0 controls, DEL and C1 controls, written as escapes so user data in a log line can
+#: neither start a forged line nor send terminal escape sequences.
+_ESCAPES: dict[int, str] = {
+    code: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(code), f"\\x{code:02x}")
+    for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+}
+_ESCAPES_KEEP_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
+
+
+def escape_control(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...)."""
+    return text.translate(_ESCAPES_KEEP_NEWLINE if keep_newlines else _ESCAPES)
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def format_exception_escaped(exc_info: Any) -> str:
+    """A traceback as ``logging`` prints it, but each exception's own message (which may
+    carry user data) on one escaped line; the frames keep their lines."""
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if not isinstance(exc, BaseException):
+        return escape_control("".join(traceback.format_exception(*exc_info)), keep_newlines=True)
+    parts: list[str] = []
+    chain: list[tuple[traceback.TracebackException, str | None]] = []
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(exc)
+    link: str | None = None
+    seen: set[int] = set()
+    while te is not None and id(te) not in seen:
+        seen.add(id(te))
+        chain.append((te, link))
+        if te.__cause__ is not None:
+            te, link = te.__cause__, _CAUSE
+        elif te.__context__ is not None and not te.__suppress_context__:
+            te, link = te.__context__, _CONTEXT
+        else:
+            te = None
+    for te, link in reversed(chain):
+        if te.stack:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(te.stack.format())
+        parts.extend(escape_control(line.rstrip("\n")) + "\n" for line in te.format_exception_only())
+        if link is not None:
+            parts.append(link)
+    return escape_control("".join(parts), keep_newlines=True).rstrip("\n")
+
+
+class EscapingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: control characters in the message are escaped (a
+    kwargs key such as ``"\\n[2026-12-01 …: CRITICAL/MainProcess] FORGED"`` or
+    ``"\\x1b[31m"`` stays inside its line), and in a traceback each exception message is
+    kept to one escaped line while the frames keep their own lines."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args, record.exc_text
+        try:
+            record.msg, record.args = escape_control(record.getMessage()), None
+        except Exception:  # a broken format string: let the inner formatter report it
+            return self.inner.format(record)
+        try:
+            if record.exc_info and record.exc_info != (None, None, None):
+                record.exc_text = format_exception_escaped(record.exc_info)
+            if record.stack_info:
+                record.stack_info = escape_control(record.stack_info, keep_newlines=True)
+            return self.inner.format(record)
+        finally:
+            record.msg, record.args, record.exc_text = saved
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 #: Exit status of a worker whose Redis credentials are refused (EX_CONFIG).
@@ -423,10 +520,104 @@ class TimerCompaction(bootsteps.StartStopStep):  # type: ignore[misc]
             self._tref = None
 
 
+#: Errors of the infrastructure (Redis, the broker), not of the message: a message that
+#: meets one of these is returned to the queue, never dead-lettered.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    KombuOperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's worker consumer, which also dead-letters the messages it refuses:
     unregistered task names, invalid messages and bodies it cannot decode (including
-    content types it does not accept, such as pickle). Celery logs and drops them."""
+    content types it does not accept, such as pickle). Celery logs and drops them.
+
+    It also survives any message it cannot run. Celery lets an unexpected error while
+    reading a message or handing it to the pool (a body nested too deep to pickle, a
+    header of the wrong type) escape its event loop, which stops the worker; the
+    message is then restored and stops the next one. Here such a message is
+    dead-lettered with reason ``unrunnable`` and acknowledged, and the worker goes on;
+    if the error came from Redis or the broker instead, the message is requeued.
+    """
+
+    def __init__(self, on_task_request: Callable[[Any], Any], *args: Any, **kwargs: Any) -> None:
+        controller = kwargs.get("controller")
+        if controller is not None:
+            on_task_request = guard_process_task(
+                controller, on_task_request, self._refuse_request, check=_check_arguments
+            )
+        super().__init__(on_task_request, *args, **kwargs)
+
+    def _refuse_request(self, request: Any, exc: Exception) -> None:
+        """A request the pool did not take: requeue it if Redis or the broker failed,
+        otherwise dead-letter it (``unrunnable``) and acknowledge it."""
+        worker_state.task_ready(request)
+        if request.acknowledged:
+            logger.error("task %s failed in the worker after its ack", request.id, exc_info=exc)
+            return
+        if isinstance(exc, INFRASTRUCTURE_ERRORS):
+            logger.warning(
+                "could not hand task %s to the pool (%s: %s); returning it to the queue",
+                request.id,
+                type(exc).__name__,
+                exc,
+            )
+            request.reject(requeue=True)
+            return
+        reason = "invalid" if isinstance(exc, InvalidTaskError) else "unrunnable"
+        logger.error(
+            "task %s[%s] cannot be run (%s: %s); dead-lettered as %s",
+            request.name,
+            request.id,
+            type(exc).__name__,
+            exc,
+            reason,
+        )
+        self._dead_letter(request.message, None, reason, exc)
+        request.acknowledge()
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Celery's handler for each delivered message, never raising out of the event
+        loop for a message it cannot read (connection errors still propagate: the
+        consumer reconnects)."""
+        handler = super().create_task_handler(*args, **kwargs)
+        # kombu's Redis transport counts KeyError as a connection error; here it means a
+        # message without a field Celery needs (no ``id``), which a reconnect would only
+        # redeliver, forever.
+        connection_errors = tuple(e for e in self.connection_errors if not issubclass(e, LookupError))
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:  # a loop boundary: the worker must keep consuming
+                self._refuse_message(message, exc)
+                return None
+
+        return on_task_received
+
+    def _refuse_message(self, message: Any, exc: Exception) -> None:
+        if getattr(message, "acknowledged", False):
+            logger.error("error after a message was acknowledged or rejected", exc_info=True)
+            return
+        if isinstance(exc, INFRASTRUCTURE_ERRORS):
+            logger.warning(
+                "could not take a message (%s: %s); returning it to the queue", type(exc).__name__, exc
+            )
+            message.reject_log_error(logger, self.connection_errors, requeue=True)
+            return
+        logger.error(
+            "refusing a message that cannot be run (%s: %s); dead-lettered as unrunnable",
+            type(exc).__name__,
+            exc,
+            exc_info=True,
+        )
+        self._dead_letter(message, None, "unrunnable", exc)
+        message.ack_log_error(logger, self.connection_errors)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         self._dead_letter(message, body, "unregistered", exc)
@@ -445,31 +636,81 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         super().on_decode_error(message, exc)
 
     def _dead_letter(self, message: Any, body: Any, reason: str, exc: Exception | None) -> None:
-        headers = getattr(message, "headers", None) or {}
-        if body is None and reason != "undecodable":
+        headers = getattr(message, "headers", None)
+        headers = headers if isinstance(headers, dict) else {}
+        if body is None and reason not in ("undecodable", "unrunnable"):
             try:
                 body = message.decode()  # Celery hands over no body for unregistered tasks
             except Exception:  # the entry is recorded without arguments then
                 body = None
         args = kwargs = None
-        if isinstance(body, list | tuple) and len(body) >= 2 and isinstance(body[1], dict):
+        if (
+            isinstance(body, list | tuple)
+            and len(body) >= 2
+            and isinstance(body[0], list | tuple)
+            and isinstance(body[1], dict)
+        ):
             args, kwargs = list(body[0]), body[1]
         raw = getattr(message, "body", None)
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
+        error = error_of(exc)
+        refused = headers.get(REFUSED_HEADER)
+        task_id, task = headers.get("id"), headers.get("task")
+        if isinstance(refused, dict):  # the transport could not read it: say why
+            error = {"type": str(refused.get("type")), "message": str(refused.get("message"))}
+            task_id, task = refused.get("id"), refused.get("task")
         entry = {
-            "task_id": headers.get("id"),
-            "task": headers.get("task"),
+            "task_id": task_id if isinstance(task_id, str) else None,
+            "task": task if isinstance(task, str) else None,
             "args": args,
             "kwargs": kwargs,
-            "queue": (getattr(message, "delivery_info", None) or {}).get("routing_key"),
+            "queue": _routing_key(message),
             "reason": reason,
-            "error": error_of(exc),
+            "error": error,
             "content_type": getattr(message, "content_type", None),
             "body": None if args is not None else (raw[:MAX_TEXT] if isinstance(raw, str) else None),
-            "resubmittable": args is not None and bool(headers.get("task")),
+            "resubmittable": args is not None and isinstance(task, str) and reason != "unrunnable",
         }
+        letters = dead_letters_for(self.app)
         try:
-            dead_letters_for(self.app).record(entry)
+            try:
+                letters.record(entry)
+            except (ValueError, TypeError, RecursionError):  # arguments JSON cannot hold
+                body_text = raw[:MAX_TEXT] if isinstance(raw, str) else None
+                letters.record(
+                    {**entry, "args": None, "kwargs": None, "body": body_text, "resubmittable": False}
+                )
         except redis.RedisError:
             logger.error("could not dead-letter a refused message (%s)", reason, exc_info=True)
+
+
+def _check_arguments(request: Any) -> None:
+    """Refuse arguments of the wrong shape before a pool process calls ``task(*args,
+    **kwargs)`` with them (a dict as args would pass its keys, for example)."""
+    if not isinstance(request.id, str) or not request.id:
+        raise InvalidTaskError(f"the task id must be a non-empty string, not {request.id!r:.100}")
+    if not isinstance(request.args, list | tuple):
+        raise InvalidTaskError(f"task args must be a list, not {type(request.args).__name__}")
+    if not isinstance(request.kwargs, dict):
+        raise InvalidTaskError(f"task kwargs must be an object, not {type(request.kwargs).__name__}")
+    retries = request.request_dict.get("retries", 0)
+    if retries is not None and not (type(retries) is int and retries >= 0):
+        raise InvalidTaskError(f"retries must be a count, not {retries!r:.100}")
+    limits = request.time_limits
+    if not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(limit is None or _is_duration(limit) for limit in limits)
+    ):
+        raise InvalidTaskError(f"timelimit must be [hard, soft] in seconds or null, not {limits!r:.100}")
+
+
+def _is_duration(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def _routing_key(message: Any) -> str | None:
+    info = getattr(message, "delivery_info", None)
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else None

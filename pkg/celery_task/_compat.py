@@ -1,0 +1,143 @@
+"""The private Celery, kombu and billiard names this package relies on, in one place.
+
+Each is used because no public hook reaches the same point; ``tests/unit/
+test_worker_hardening_compat.py`` pins every one against the installed versions, so an
+upgrade that renames or changes them fails a test instead of a worker in production.
+
+- kombu's Redis channel ``_brpop_read`` parses the popped message (``loads``) before
+  any hook can see it; a body that is not JSON raises out of the worker's event loop
+  and the popped message is lost. :func:`brpop_reply` and :func:`brpop_done` are the
+  two halves of that method around the parse, so the channel can parse it safely.
+- Celery's ``WorkController._process_task`` hands a request to the pool, inside the
+  pool-slot semaphore (``_process_task_sem`` / ``_quick_release``); an error there
+  escapes the event loop and stops the worker. :func:`guard_process_task` wraps it,
+  releasing the slot on error exactly as Celery does for a revoked task.
+- kombu's Redis channel ``_do_restore_message`` knows where a held message goes back
+  to (exchange lookup, priority sub-queue, redelivered flags); :func:`restore_targets`
+  asks it, so the transport can requeue in one script that works when Redis is full.
+- billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
+  fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "KOMBU_BRPOP_READ_STEPS",
+    "brpop_done",
+    "brpop_reply",
+    "forget_unsent_job",
+    "guard_process_task",
+    "restore_targets",
+]
+
+#: The statements of kombu's ``Channel._brpop_read`` that :func:`brpop_reply` and
+#: :func:`brpop_done` reproduce (the pinning test checks kombu still has them).
+KOMBU_BRPOP_READ_STEPS: tuple[str, ...] = (
+    "self.client.parse_response(self.client.connection,",
+    "self.client.connection.disconnect()",
+    "dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]",
+    "self._queue_cycle.rotate(dest)",
+    "self.connection._deliver(loads(bytes_to_str(item)), dest)",
+    "self._in_poll = None",
+    "self._flush_brpop_reauth()",
+)
+
+
+def brpop_reply(channel: Any, **options: Any) -> tuple[str, bytes] | None:
+    """Read the reply of the BRPOP the channel sent: ``(queue, raw message)`` or
+    ``None`` (timed out). On a connection error the connection is dropped so the next
+    poll reconnects, as kombu does."""
+    client = channel.client
+    try:
+        reply = client.parse_response(client.connection, "BRPOP", **options)
+    except channel.connection_errors:
+        client.connection.disconnect()
+        raise
+    if not reply:
+        return None
+    dest, item = reply
+    if isinstance(dest, bytes):
+        dest = dest.decode(errors="replace")
+    queue = str(dest).rsplit(channel.sep, 1)[0]
+    channel._queue_cycle.rotate(queue)
+    return queue, item
+
+
+def brpop_done(channel: Any) -> None:
+    """After a BRPOP reply was consumed: mark the channel idle, flush a pending re-auth."""
+    channel._in_poll = None
+    flush = getattr(channel, "_flush_brpop_reauth", None)
+    if flush is not None:
+        flush()
+
+
+def forget_unsent_job(pool: Any) -> bool:
+    """Drop the job a failed ``apply_async`` left in a billiard pool's cache (the most
+    recent one, never sent to a process). ``True`` if one was dropped."""
+    cache = getattr(getattr(pool, "_pool", None), "_cache", None)
+    if not cache:
+        return False
+    job_id = max(cache)
+    job = cache[job_id]
+    if getattr(job, "_accepted", False) or getattr(job, "_write_to", None) is not None:
+        return False
+    if getattr(job, "_payload", None) is not None:
+        return False
+    cache.pop(job_id, None)
+    return True
+
+
+def guard_process_task(
+    controller: Any,
+    on_task_request: Callable[[Any], Any],
+    on_error: Callable[[Any, Exception], None],
+    check: Callable[[Any], None] | None = None,
+) -> Callable[[Any], Any]:
+    """Make the worker's hand-off of a request to its pool call ``on_error(request,
+    exc)`` instead of raising (``check(request)`` runs first and may raise too);
+    returns the ``on_task_request`` the consumer should use.
+
+    ``_process_task_sem`` looks ``_process_task`` up at each call (also when a queued
+    request gets a free slot later), so the guarded one replaces it on the instance.
+    """
+    original = getattr(controller, "_process_task", None)
+    if original is None:
+        return on_task_request
+
+    def process_task(request: Any) -> None:
+        try:
+            if check is not None:
+                check(request)
+            original(request)
+        except Exception as exc:  # a loop boundary: the worker must keep consuming
+            forget_unsent_job(getattr(controller, "pool", None))
+            with contextlib.suppress(AttributeError):  # no semaphore: nothing to release
+                controller._quick_release()
+            on_error(request, exc)
+
+    controller._process_task = process_task
+    return process_task if on_task_request == original else on_task_request
+
+
+class _PushRecorder:
+    """Stands in for the pipeline ``_do_restore_message`` writes to."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str]] = []
+
+    def lpush(self, key: str, value: str) -> None:
+        self.pushes.append((key, value))
+
+    rpush = lpush
+
+
+def restore_targets(channel: Any, payload: Any, exchange: Any, routing_key: Any) -> list[tuple[str, str]]:
+    """``(list key, encoded message)`` pairs kombu would push to restore ``payload``
+    (marked redelivered, filed by priority, one per bound queue)."""
+    recorder = _PushRecorder()
+    channel._do_restore_message(payload, exchange, routing_key, recorder, leftmost=True)
+    return recorder.pushes

@@ -1,0 +1,118 @@
+"""Redis runs out of memory (``maxmemory`` below use, ``noeviction``) while tasks run and
+beat fires: workers and beat back off and carry on, nothing accepted is lost or run
+twice, and everything recovers by itself when memory is available again."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import redis
+
+from tests.reliability.conftest import Ledger, client_for
+from tests.support.hardening_tasks import INCLUDE, read_runs
+from tests.support.procs import service_env, start_beat, start_worker, wait_for
+from tests.support.services import private_redis
+
+
+def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, unique: str) -> None:
+    with private_redis() as server:
+        runs_file = session_tmp / f"oom-runs-{unique}.txt"
+        ticks_file = session_tmp / f"oom-ticks-{unique}.txt"
+        env = service_env(
+            server.url,
+            database_url=f"sqlite+aiosqlite:///{session_tmp}/oom.db",
+            extra={"CELERY_EXTRA_INCLUDE": INCLUDE},
+        )
+        logs = session_tmp / f"oom-{unique}"
+        admin = redis.Redis.from_url(server.url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        client = client_for(server.url)
+        client.add_periodic_task(
+            "tests.hardening.append_file", "interval", 1, name=f"oom-tick-{unique}", args=[str(ticks_file)]
+        )
+        worker = start_worker(f"oom-{unique}", env, logs, queues=["default"], concurrency=2)
+        beat = start_beat(f"oom-beat-{unique}", env, logs)
+        ledger = Ledger("oom")
+        try:
+            main_pid = worker.pid
+            ledger.accepted = [
+                client.submit("tests.hardening.append_file", [str(runs_file), 250]).id for _ in range(40)
+            ]
+            wait_for(lambda: read_runs(runs_file), timeout=30, what="the first task to run")
+            # Ballast (SETRANGE allocates it without a large query buffer), so that the
+            # queue draining while Redis refuses writes cannot end the state by itself.
+            admin.setrange(f"ballast-{unique}", 2_000_000, "x")
+            _fill_up(admin, unique)
+            refused = 0
+            for _ in range(5):  # submits while Redis refuses writes fail, or are accepted
+                try:
+                    ledger.accepted.append(
+                        client.submit("tests.hardening.append_file", [str(runs_file), 250]).id
+                    )
+                except Exception:
+                    refused += 1
+            time.sleep(8)
+            assert _refused(admin, unique), "the out-of-memory state did not last"
+            alive_during = worker.alive() and beat.alive()
+            admin.config_set("maxmemory", "0")
+            lifted, lifted_wall = time.monotonic(), time.time()
+            wait_for(
+                lambda: set(read_runs(runs_file)) >= set(ledger.accepted),
+                timeout=120,
+                interval=0.5,
+                what="every accepted task to run",
+            )
+            recovery = time.monotonic() - lifted
+            wait_for(
+                lambda: ticks_file.exists() and ticks_file.stat().st_mtime > lifted_wall + 1,
+                timeout=30,
+                what="beat to fire after the limit was lifted",
+            )
+            statuses = client.get_statuses(ledger.accepted)
+            after = client.submit("tests.hardening.append_file", [str(runs_file)]).id
+            wait_for(lambda: after in read_runs(runs_file), timeout=30, what="a task after recovery")
+            assert worker.alive() and worker.pid == main_pid and beat.alive()
+            assert alive_during, "a process exited while Redis was out of memory"
+            assert client.app.control.inspect(timeout=2).ping(), "the worker does not answer ping"
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                admin.config_set("maxmemory", "0")
+            beat_code = beat.stop()
+            worker_code = worker.stop()
+            admin.close()
+        runs = [r for r in read_runs(runs_file) if r in set(ledger.accepted)]
+        figures = ledger.report(runs, refused_submits=refused, recovery_s=round(recovery, 1))
+        print(
+            f"oom: accepted={figures['accepted']} completed={figures['completed']} "
+            f"duplicated={figures['duplicated']} lost={figures['lost']} recovery_s={recovery:.1f}"
+        )
+        log = worker.log() + beat.log()
+        assert "Unrecoverable error" not in log
+        assert "out of memory" in log.lower(), "no warning said why the worker waited"
+        assert {statuses[i] for i in ledger.accepted} == {"SUCCESS"}, statuses
+        assert figures["lost"] == 0 and figures["duplicated"] == 0
+        assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)
+
+
+def _fill_up(admin: redis.Redis, unique: str) -> None:
+    """Set ``maxmemory`` just below what Redis uses now, until it refuses writes."""
+    for _ in range(10):
+        memory = admin.info("memory")
+        # Client buffers come and go (~100-300 KB here); stay below use without them.
+        used = int(memory["used_memory"]) - int(memory.get("mem_clients_normal", 0))
+        admin.config_set("maxmemory", str(used - 128 * 1024))
+        time.sleep(0.2)
+        if _refused(admin, unique):
+            return
+    raise AssertionError("could not bring Redis to refuse writes")
+
+
+def _refused(admin: redis.Redis, unique: str) -> bool:
+    try:
+        admin.set(f"oom-check-{unique}", "1")
+    except redis.exceptions.OutOfMemoryError:
+        return True
+    admin.delete(f"oom-check-{unique}")
+    return False
