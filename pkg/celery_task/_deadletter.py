@@ -26,7 +26,7 @@ __all__ = ["DEAD_LETTER_REASONS", "MAX_TEXT", "DeadLetters", "dead_letters_for",
 logger = logging.getLogger(__name__)
 
 #: Why an entry is in the list.
-DEAD_LETTER_REASONS = ("failed", "unregistered", "invalid", "undecodable")
+DEAD_LETTER_REASONS = ("failed", "unregistered", "invalid", "undecodable", "unrunnable")
 
 #: Longest error message, traceback or raw body kept in an entry.
 MAX_TEXT = 4000
