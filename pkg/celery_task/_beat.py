@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery.schedules import schedstate
@@ -39,6 +39,23 @@ logger = logging.getLogger(__name__)
 
 class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
     """A RedBeat entry: disabled ones are out of the due index; intervals do not drift."""
+
+    @classmethod
+    def from_key(cls, key: str, app: Any = None) -> ScheduleEntry:
+        """RedBeat's loader, where a key that holds no readable entry reads as missing
+        (``KeyError``), so beat drops it from the index and goes on: a key of another
+        type (earlier versions let the name ``:lock`` put ``redbeat::lock`` there,
+        which crashed every beat with WRONGTYPE) or a definition that does not decode."""
+        try:
+            return cast(ScheduleEntry, super().from_key(key, app=app))
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            logger.error("beat: %s in the schedule index is not an entry (%s); dropping it", key, exc)
+            raise KeyError(key) from exc
+        except (ValueError, TypeError) as exc:
+            logger.error("beat: entry %s cannot be decoded (%s); dropping it from the index", key, exc)
+            raise KeyError(key) from exc
 
     @property
     def due_at(self) -> datetime | None:

@@ -241,6 +241,14 @@ def _default_conf(
         "tasksys_started_delay": 0.1,
         # Tasks that failed for good and refused messages, kept for inspection/resubmission.
         "tasksys_dead_letter_max": 10_000,
+        # Largest JSON text of one task's args and kwargs that submit accepts.
+        "tasksys_max_argument_bytes": DEFAULT_MAX_ARGUMENT_BYTES,
+        # Workers retry a result store Redis refuses for lack of memory this long, then
+        # requeue the message instead of acknowledging it.
+        "tasksys_store_oom_retry_period": 600,
+        # Beat checks this often that the static entries still exist (an empty Redis
+        # after a restart) and stores them again if not.
+        "tasksys_beat_reseed_interval": 5,
         "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
@@ -1278,7 +1286,7 @@ class CeleryClient:
 
     def _load_entry(self, name: str) -> ScheduleEntry:
         try:
-            return cast(ScheduleEntry, ScheduleEntry.from_key(self._entry_key(name), app=self.app))
+            return ScheduleEntry.from_key(self._entry_key(name), app=self.app)
         except KeyError:
             raise PeriodicTaskNotFoundError(name) from None
 
@@ -1340,10 +1348,14 @@ class CeleryClient:
             definition, meta = row
             if not definition:
                 continue
-            fields = ScheduleEntry.decode_definition(definition)
-            decoded_meta = ScheduleEntry.decode_meta(meta)
-            fields.update(decoded_meta)
-            entry = ScheduleEntry(app=self.app, **fields)
+            try:
+                fields = ScheduleEntry.decode_definition(definition)
+                decoded_meta = ScheduleEntry.decode_meta(meta)
+                fields.update(decoded_meta)
+                entry = ScheduleEntry(app=self.app, **fields)
+            except (ValueError, TypeError) as exc:
+                logger.warning("periodic entry %r cannot be decoded (%s); skipping it", name, exc)
+                continue
             entry.last_run_at = decoded_meta.get("last_run_at")
             entries.append(self._describe_entry(entry, statics))
         return len(names), entries

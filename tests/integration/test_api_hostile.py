@@ -217,3 +217,29 @@ def test_deep_nesting_never_reaches_a_worker(api: Api, stack: Stack, unique: str
     assert "nested more than 32 levels" in error["message"]
     assert httpx.get(api.url("/healthz")).status_code == 200
     system_still_works(api, stack, unique)
+
+
+def test_beat_drops_foreign_keys_from_its_index_and_keeps_firing(api: Api, stack: Stack, unique: str) -> None:
+    """A store corrupted by the old bug (``redbeat::lock``-like keys in the schedule
+    index, a definition that is not JSON) no longer crashes beat."""
+    db = stack.db.client
+    wrong_type, garbled = f"redbeat:wrongtype-{unique}", f"redbeat:garbled-{unique}"
+    db.set(wrong_type, "not an entry")
+    db.hset(garbled, "definition", "{not json")
+    db.zadd("redbeat::schedule", {wrong_type: 0, garbled: 0})
+    try:
+        wait_for(
+            lambda: (
+                db.zscore("redbeat::schedule", wrong_type) is None
+                and db.zscore("redbeat::schedule", garbled) is None
+            ),
+            timeout=30,
+            what="beat to drop the foreign keys from its index",
+        )
+        assert db.get(wrong_type) == b"not an entry"  # dropped from the index, not deleted
+        listed = api.http.get("/api/v1/periodic-tasks", params={"limit": 1000})
+        assert listed.status_code == 200
+        system_still_works(api, stack, unique)
+    finally:
+        db.delete(wrong_type, garbled)
+        db.zrem("redbeat::schedule", wrong_type, garbled)

@@ -131,6 +131,8 @@ class PrivateRedis:
     directory: Path
     password: str | None = None
     appendonly: bool = False
+    #: Allow ``DEBUG`` commands (``DEBUG SLEEP`` stalls) from loopback clients.
+    debug_commands: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -160,6 +162,8 @@ class PrivateRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.debug_commands:
+            args += ["--enable-debug-command", "local"]
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
