@@ -514,7 +514,7 @@ class CeleryClient:
         signature = self._signatures_cache.get(task_name)
         if signature is None:
             task = self.app.tasks.get(task_name)
-            if task is None:
+            if task is None or not getattr(task, "typing", True):  # typing=False: any arguments
                 return
             try:
                 signature = inspect.signature(task.run)
