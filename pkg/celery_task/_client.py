@@ -244,6 +244,7 @@ def _default_conf(
         "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
+        # Our class, with connections that still report a redis:// URL (Flower reads it).
         conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
         conf["broker_transport_options"] = {
             "priority_steps": PRIORITY_STEPS,

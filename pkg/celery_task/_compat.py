@@ -17,6 +17,10 @@ upgrade that renames or changes them fails a test instead of a worker in product
   asks it, so the transport can requeue in one script that works when Redis is full.
 - billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
   fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
+- kombu's ``Connection.as_uri`` (what Flower, the worker banner and every tool read)
+  names the transport through ``kombu.connection.resolve_aliases``; without an entry a
+  custom transport class reports ``pkg...:PriorityRedisTransport://``, which Flower
+  refuses. :func:`report_transport_as` adds one for our class path only.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from kombu import connection as kombu_connection
+
 __all__ = [
     "KOMBU_BRPOP_READ_STEPS",
     "brpop_done",
     "brpop_reply",
     "forget_unsent_job",
     "guard_process_task",
+    "report_transport_as",
     "restore_targets",
 ]
 
@@ -141,3 +148,9 @@ def restore_targets(channel: Any, payload: Any, exchange: Any, routing_key: Any)
     recorder = _PushRecorder()
     channel._do_restore_message(payload, exchange, routing_key, recorder, leftmost=True)
     return recorder.pushes
+
+
+def report_transport_as(transport: str, scheme: str) -> None:
+    """Make kombu connections whose transport is the class path ``transport`` report
+    their URL with ``scheme`` (``redis://...``); the class in use does not change."""
+    kombu_connection.resolve_aliases[transport] = scheme

@@ -13,6 +13,10 @@ the event loop: a well-formed stand-in holding the raw bytes, with the content t
 :data:`REFUSED_HEADER`. Celery then reports it as undecodable and acknowledges it, and the
 worker's consumer dead-letters it; until then it is held in the unacked index like any
 other message, so it is never lost between the pop and the dead letter.
+
+Connections on this transport report a plain ``redis://`` URL (:data:`TRANSPORT_PATH`
+is registered with kombu as reporting ``redis``), so Flower and other tools that read
+the broker URL treat it as the Redis broker it is.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from kombu.transport.virtual import Message as VirtualMessage
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-from ._compat import brpop_done, brpop_reply, restore_targets
+from ._compat import brpop_done, brpop_reply, report_transport_as, restore_targets
 
 __all__ = [
     "PRIORITY_STEPS",
     "REFUSED_CONTENT_TYPE",
     "REFUSED_HEADER",
+    "TRANSPORT_PATH",
     "PriorityRedisTransport",
     "redis_priority_queue_keys",
 ]
@@ -102,9 +107,7 @@ def retry_out_of_memory(what: str, call: Callable[[], Any]) -> Any:
             delay = min(delay * 2, OOM_BACKOFF_MAX)
 
 
-def refused_payload(
-    raw: bytes | str, queue: str, exc: BaseException, original: Any = None
-) -> dict[str, Any]:
+def refused_payload(raw: bytes | str, queue: str, exc: BaseException, original: Any = None) -> dict[str, Any]:
     """A well-formed message for ``queue`` that carries ``raw`` and why it was refused
     (with the task id and name of the ``original`` payload, when it has string ones)."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
@@ -330,6 +333,13 @@ class PriorityRedisTransport(kombu_redis.Transport):
     """Redis transport using :class:`PriorityRedisChannel`."""
 
     Channel = PriorityRedisChannel
+
+
+#: The ``broker_transport`` value naming :class:`PriorityRedisTransport`.
+TRANSPORT_PATH = f"{__name__}:{PriorityRedisTransport.__name__}"
+# Its connections report redis:// URLs (on rediss:// URLs too: without broker_use_ssl
+# kombu connects this class without TLS, with it Flower reads broker_use_ssl itself).
+report_transport_as(TRANSPORT_PATH, "redis")
 
 
 def redis_priority_queue_keys(queue: str, sep: str = kombu_redis.Channel.sep) -> list[str]:

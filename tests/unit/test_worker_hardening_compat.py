@@ -100,3 +100,12 @@ def test_restore_targets_marks_redelivered_and_files_by_priority() -> None:
     ((key, body),) = _compat.restore_targets(Channel(), payload, "ex", "jobs")
     assert key == "jobs"  # priority 9 is filed in the sub-queue polled first
     assert '"redelivered": true' in body
+
+
+def test_kombu_connection_reports_its_transport_through_resolve_aliases() -> None:
+    from kombu import Connection
+    from kombu import connection as kombu_connection
+
+    assert "self.resolve_aliases.get(" in inspect.getsource(Connection._info)
+    assert "fields = self.info()" in inspect.getsource(Connection.as_uri)
+    assert Connection.resolve_aliases is kombu_connection.resolve_aliases
