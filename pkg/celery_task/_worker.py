@@ -28,8 +28,9 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.utils.url import maybe_sanitize_url
 
-from ._compat import guard_process_task
+from ._compat import guard_process_task, wrap_control_command
 from ._deadletter import MAX_TEXT, dead_letters_for, error_of
+from ._limits import MAX_TASK_ID_LENGTH
 from ._loop import process_loop
 from ._transport import REFUSED_HEADER
 
@@ -331,9 +332,34 @@ def revoke_store_for(app: Celery, client: redis.Redis | None = None) -> RevokeSt
     return RevokeStore(client, conf.tasksys_key_prefix + "revoked", float(conf.tasksys_revoke_expires))
 
 
+#: Consumer attribute holding the worker's :class:`RevokeStore` for the revoke command.
+_STORE_ATTR = "tasksys_revoke_store"
+
+
+def _durable_revoke(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Celery's ``revoke`` remote-control command, which first records the ids in the
+    shared store, so a revoke from any tool (``celery control revoke``, Flower, a plain
+    app's ``control.revoke``) survives restarts like :meth:`CeleryClient.revoke`'s."""
+
+    def revoke(state: Any, task_id: Any = None, *args: Any, **kwargs: Any) -> Any:
+        store = getattr(getattr(state, "consumer", None), _STORE_ATTR, None)
+        if isinstance(store, RevokeStore):
+            ids = [task_id] if isinstance(task_id, str) else task_id
+            ids = [i for i in ids or () if isinstance(i, str) and 0 < len(i) <= MAX_TASK_ID_LENGTH]
+            try:
+                if ids:
+                    store.add(ids)
+            except redis.RedisError as exc:
+                logger.warning("could not record revoked tasks %s in the shared store: %s", ids, exc)
+        return handler(state, task_id, *args, **kwargs)
+
+    return revoke
+
+
 class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer step: loads the shared revoke list when the consumer (re)starts, then
-    polls it, so a revoke sent while this worker was down or disconnected still holds."""
+    polls it, so a revoke sent while this worker was down or disconnected still holds;
+    and records every revoke this worker receives, whichever tool sent it."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     poll_interval = 2.0
@@ -347,6 +373,9 @@ class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._store is None:
             self._store = revoke_store_for(c.app)
             worker_state.revoked.expires = self._store.expires
+        setattr(c, _STORE_ATTR, self._store)
+        if not wrap_control_command("revoke", _durable_revoke):
+            logger.warning("Celery has no 'revoke' control command; revokes from other tools are not durable")
         self._sync()
         if self._tref is None:
             self._tref = c.timer.call_repeatedly(self.poll_interval, self._sync)

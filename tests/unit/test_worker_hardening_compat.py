@@ -109,3 +109,34 @@ def test_kombu_connection_reports_its_transport_through_resolve_aliases() -> Non
     assert "self.resolve_aliases.get(" in inspect.getsource(Connection._info)
     assert "fields = self.info()" in inspect.getsource(Connection.as_uri)
     assert Connection.resolve_aliases is kombu_connection.resolve_aliases
+
+
+def test_celery_worker_mailbox_dispatches_from_the_panel_registry() -> None:
+    from celery.worker import pidbox
+    from celery.worker.control import Panel
+    from kombu.pidbox import Node
+
+    assert "handlers=control.Panel.data" in inspect.getsource(pidbox.Pidbox.__init__)
+    assert "self.handlers[method](self.state, **arguments)" in inspect.getsource(Node.handle)
+    assert Panel.meta["revoke"].variadic == "task_id"
+    assert list(inspect.signature(Panel.data["revoke"]).parameters)[:2] == ["state", "task_id"]
+
+
+def test_wrap_control_command_wraps_once_and_keeps_the_metadata() -> None:
+    from celery.worker.control import Panel
+
+    original, meta = Panel.data["revoke"], Panel.meta["revoke"]
+    def wrap(handler: Any) -> Any:
+        def wrapped(state: Any, task_id: Any = None, **kwargs: Any) -> Any:
+            return handler(state, task_id, **kwargs)
+
+        return wrapped
+
+    try:
+        assert _compat.wrap_control_command("revoke", wrap) is True
+        assert _compat.wrap_control_command("revoke", wrap) is True
+        wrapped = Panel.data["revoke"]
+        assert wrapped is not original and Panel.meta["revoke"] is meta
+        assert _compat.wrap_control_command("no-such-command", wrap) is False
+    finally:
+        Panel.data["revoke"] = original
