@@ -140,3 +140,13 @@ def test_wrap_control_command_wraps_once_and_keeps_the_metadata() -> None:
         assert _compat.wrap_control_command("no-such-command", wrap) is False
     finally:
         Panel.data["revoke"] = original
+
+
+def test_kombu_files_by_message_priority_and_polls_every_priority_step() -> None:
+    put = inspect.getsource(kombu_redis.Channel._put)
+    assert "pri = self._get_message_priority(message, reverse=False)" in put
+    assert "key = self._q_for_pri(queue, pri)" in put
+    restore = inspect.getsource(kombu_redis.Channel._do_restore_message)
+    assert "pri = self._get_message_priority(payload, reverse=False)" in restore
+    assert "for pri in self.priority_steps" in inspect.getsource(kombu_redis.Channel._brpop_start)
+    assert "for pri in self.priority_steps" in inspect.getsource(kombu_redis.Channel._purge)
