@@ -226,6 +226,10 @@ def _default_conf(
         "tasksys_revoke_expires": 3 * 24 * 3600,
         # None: a sixth of the broker's visibility timeout.
         "tasksys_unacked_heartbeat_interval": None,
+        # Workers restore entries of kombu's default unacked index (left by stock workers
+        # or by our versions before the own index) older than this, as kombu would;
+        # set it to the stock workers' visibility_timeout; 0 turns the sweep off.
+        "tasksys_legacy_unacked_timeout": 3600,
         # Workers store results through a Redis restart (producers keep failing fast).
         "tasksys_worker_backend_retry_policy": {
             "max_retries": 60,
@@ -252,6 +256,7 @@ def _default_conf(
         "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
+        # Our class, with connections that still report a redis:// URL (Flower reads it).
         conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
         conf["broker_transport_options"] = {
             "priority_steps": PRIORITY_STEPS,
@@ -261,6 +266,12 @@ def _default_conf(
             "visibility_timeout": 30,
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
+            # Our own unacked index: stock Celery workers on the same Redis keep kombu's
+            # default keys (1 h timeout, no heartbeat), which our 30 s sweep must never
+            # restore; LegacyUnackedSweep restores that index as a stock worker would.
+            "unacked_key": "tasksys:unacked",
+            "unacked_index_key": "tasksys:unacked_index",
+            "unacked_mutex_key": "tasksys:unacked_mutex",
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             "health_check_interval": _HEALTH_CHECK_INTERVAL,
@@ -584,7 +595,8 @@ class CeleryClient:
     @cached_property
     def _reserved_queue_prefixes(self) -> tuple[str, ...]:
         """Prefixes of the Redis keys the system itself uses: result, group and chord
-        keys, kombu's bindings and unacked index, the schedule and this package's state."""
+        keys, kombu's bindings, our unacked index and kombu's default one (stock workers
+        and the legacy sweep use it), the schedule and this package's state."""
         conf = self.app.conf
         transport = conf.broker_transport_options or {}
         prefixes = {

@@ -17,6 +17,14 @@ upgrade that renames or changes them fails a test instead of a worker in product
   asks it, so the transport can requeue in one script that works when Redis is full.
 - billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
   fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
+- kombu's ``Connection.as_uri`` (what Flower, the worker banner and every tool read)
+  names the transport through ``kombu.connection.resolve_aliases``; without an entry a
+  custom transport class reports ``pkg...:PriorityRedisTransport://``, which Flower
+  refuses. :func:`report_transport_as` adds one for our class path only.
+- Celery has no signal for an incoming remote-control command. Its worker mailbox
+  dispatches from the global registry ``celery.worker.control.Panel.data`` (the public
+  ``@control_command`` writes there) at each call; :func:`wrap_control_command` puts a
+  wrapper around a registered handler (``revoke``), keeping its registered metadata.
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from kombu import connection as kombu_connection
+
 __all__ = [
     "KOMBU_BRPOP_READ_STEPS",
     "brpop_done",
     "brpop_reply",
     "forget_unsent_job",
     "guard_process_task",
+    "report_transport_as",
     "restore_targets",
+    "wrap_control_command",
 ]
 
 #: The statements of kombu's ``Channel._brpop_read`` that :func:`brpop_reply` and
@@ -141,3 +153,29 @@ def restore_targets(channel: Any, payload: Any, exchange: Any, routing_key: Any)
     recorder = _PushRecorder()
     channel._do_restore_message(payload, exchange, routing_key, recorder, leftmost=True)
     return recorder.pushes
+
+
+def report_transport_as(transport: str, scheme: str) -> None:
+    """Make kombu connections whose transport is the class path ``transport`` report
+    their URL with ``scheme`` (``redis://...``); the class in use does not change."""
+    kombu_connection.resolve_aliases[transport] = scheme
+
+
+#: Marks a handler :func:`wrap_control_command` installed, so it is wrapped only once.
+_WRAPPED_ATTR = "__tasksys_wrapped__"
+
+
+def wrap_control_command(name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> bool:
+    """Replace the worker's remote-control handler ``name`` by ``wrap(handler)``, once per
+    process (it is global, like Celery's registry). ``False`` if there is no such command."""
+    from celery.worker.control import Panel
+
+    handler = Panel.data.get(name)
+    if handler is None:
+        return False
+    if getattr(handler, _WRAPPED_ATTR, False):
+        return True
+    wrapped = wrap(handler)
+    setattr(wrapped, _WRAPPED_ATTR, True)
+    Panel.data[name] = wrapped
+    return True

@@ -13,6 +13,16 @@ the event loop: a well-formed stand-in holding the raw bytes, with the content t
 :data:`REFUSED_HEADER`. Celery then reports it as undecodable and acknowledges it, and the
 worker's consumer dead-letters it; until then it is held in the unacked index like any
 other message, so it is never lost between the pop and the dead letter.
+
+With the transport option ``priority_filing_steps`` (for example
+:data:`STOCK_PRIORITY_STEPS`) messages are filed only on those steps, our 0-9 meaning
+mapped onto them (our ``p`` files where stock kombu files ``9 - p``), while workers still
+poll, purge and count every step of ``priority_steps``: stock Celery workers on the same
+queues then see every message, and messages filed before the switch are still consumed.
+
+Connections on this transport report a plain ``redis://`` URL (:data:`TRANSPORT_PATH`
+is registered with kombu as reporting ``redis``), so Flower and other tools that read
+the broker URL treat it as the Redis broker it is.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import binascii
 import json
 import logging
 import time
+from bisect import bisect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,12 +44,14 @@ from kombu.transport.virtual import Message as VirtualMessage
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-from ._compat import brpop_done, brpop_reply, restore_targets
+from ._compat import brpop_done, brpop_reply, report_transport_as, restore_targets
 
 __all__ = [
     "PRIORITY_STEPS",
     "REFUSED_CONTENT_TYPE",
     "REFUSED_HEADER",
+    "STOCK_PRIORITY_STEPS",
+    "TRANSPORT_PATH",
     "PriorityRedisTransport",
     "redis_priority_queue_keys",
 ]
@@ -52,6 +65,8 @@ REFUSED_HEADER = "x-tasksys-refused"
 
 #: One Redis sub-queue per priority level, so 0..9 are ten distinct steps.
 PRIORITY_STEPS: list[int] = list(range(10))
+#: The steps stock kombu files on and polls (its default ``priority_steps``).
+STOCK_PRIORITY_STEPS: list[int] = list(kombu_redis.PRIORITY_STEPS)
 
 
 # The unacked bookkeeping of kombu's Redis QoS (ZADD+HSET on delivery, ZREM+HDEL on
@@ -102,9 +117,7 @@ def retry_out_of_memory(what: str, call: Callable[[], Any]) -> Any:
             delay = min(delay * 2, OOM_BACKOFF_MAX)
 
 
-def refused_payload(
-    raw: bytes | str, queue: str, exc: BaseException, original: Any = None
-) -> dict[str, Any]:
+def refused_payload(raw: bytes | str, queue: str, exc: BaseException, original: Any = None) -> dict[str, Any]:
     """A well-formed message for ``queue`` that carries ``raw`` and why it was refused
     (with the task id and name of the ``original`` payload, when it has string ones)."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
@@ -311,9 +324,34 @@ class PriorityRedisChannel(kombu_redis.Channel):
         finally:
             brpop_done(self)
 
+    _filing_steps: list[int] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        options = getattr(self.connection.client, "transport_options", None) or {}
+        steps = options.get("priority_filing_steps")
+        if steps is not None:
+            self._filing_steps = check_filing_steps(steps, self.priority_steps)
+
     def _get_message_priority(self, message: dict[str, Any], reverse: bool = False) -> int:
-        priority = super()._get_message_priority(message, reverse=not reverse)  # type: ignore[no-untyped-call]
-        return int(priority)
+        """The step a message is filed on (publish and restore): reversed, so 9 is
+        polled first, and snapped down to ``priority_filing_steps`` when set."""
+        priority = int(super()._get_message_priority(message, reverse=not reverse))  # type: ignore[no-untyped-call]
+        steps = self._filing_steps
+        return steps[bisect(steps, priority) - 1] if steps else priority
+
+
+def check_filing_steps(steps: Any, polled: list[int]) -> list[int]:
+    """``priority_filing_steps`` as a list: ascending steps starting at 0, each one a
+    step workers poll (in ``priority_steps``), else a ``ValueError`` saying so."""
+    if not isinstance(steps, list | tuple) or not all(type(s) is int for s in steps):
+        raise ValueError(f"priority_filing_steps must be a list of integers, not {steps!r}")
+    found = list(steps)
+    if not found or found[0] != 0 or found != sorted(set(found)) or not set(found) <= set(polled):
+        raise ValueError(
+            f"priority_filing_steps {found!r} must ascend from 0 and be among priority_steps {polled!r}"
+        )
+    return found
 
 
 def _supports_script_flags(client: redis.Redis) -> bool:
@@ -330,6 +368,13 @@ class PriorityRedisTransport(kombu_redis.Transport):
     """Redis transport using :class:`PriorityRedisChannel`."""
 
     Channel = PriorityRedisChannel
+
+
+#: The ``broker_transport`` value naming :class:`PriorityRedisTransport`.
+TRANSPORT_PATH = f"{__name__}:{PriorityRedisTransport.__name__}"
+# Its connections report redis:// URLs (on rediss:// URLs too: without broker_use_ssl
+# kombu connects this class without TLS, with it Flower reads broker_use_ssl itself).
+report_transport_as(TRANSPORT_PATH, "redis")
 
 
 def redis_priority_queue_keys(queue: str, sep: str = kombu_redis.Channel.sep) -> list[str]:

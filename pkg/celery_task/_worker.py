@@ -28,8 +28,9 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.utils.url import maybe_sanitize_url
 
-from ._compat import guard_process_task
+from ._compat import guard_process_task, wrap_control_command
 from ._deadletter import MAX_TEXT, dead_letters_for, error_of
+from ._limits import MAX_TASK_ID_LENGTH
 from ._loop import process_loop
 from ._transport import REFUSED_HEADER
 
@@ -38,6 +39,7 @@ __all__ = [
     "DurableRevokes",
     "EscapingFormatter",
     "EventBatching",
+    "LegacyUnackedSweep",
     "RevokeStore",
     "TimerCompaction",
     "UnackedHeartbeat",
@@ -331,9 +333,34 @@ def revoke_store_for(app: Celery, client: redis.Redis | None = None) -> RevokeSt
     return RevokeStore(client, conf.tasksys_key_prefix + "revoked", float(conf.tasksys_revoke_expires))
 
 
+#: Consumer attribute holding the worker's :class:`RevokeStore` for the revoke command.
+_STORE_ATTR = "tasksys_revoke_store"
+
+
+def _durable_revoke(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Celery's ``revoke`` remote-control command, which first records the ids in the
+    shared store, so a revoke from any tool (``celery control revoke``, Flower, a plain
+    app's ``control.revoke``) survives restarts like :meth:`CeleryClient.revoke`'s."""
+
+    def revoke(state: Any, task_id: Any = None, *args: Any, **kwargs: Any) -> Any:
+        store = getattr(getattr(state, "consumer", None), _STORE_ATTR, None)
+        if isinstance(store, RevokeStore):
+            ids = [task_id] if isinstance(task_id, str) else task_id
+            ids = [i for i in ids or () if isinstance(i, str) and 0 < len(i) <= MAX_TASK_ID_LENGTH]
+            try:
+                if ids:
+                    store.add(ids)
+            except redis.RedisError as exc:
+                logger.warning("could not record revoked tasks %s in the shared store: %s", ids, exc)
+        return handler(state, task_id, *args, **kwargs)
+
+    return revoke
+
+
 class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer step: loads the shared revoke list when the consumer (re)starts, then
-    polls it, so a revoke sent while this worker was down or disconnected still holds."""
+    polls it, so a revoke sent while this worker was down or disconnected still holds;
+    and records every revoke this worker receives, whichever tool sent it."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     poll_interval = 2.0
@@ -347,6 +374,9 @@ class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._store is None:
             self._store = revoke_store_for(c.app)
             worker_state.revoked.expires = self._store.expires
+        setattr(c, _STORE_ATTR, self._store)
+        if not wrap_control_command("revoke", _durable_revoke):
+            logger.warning("Celery has no 'revoke' control command; revokes from other tools are not durable")
         self._sync()
         if self._tref is None:
             self._tref = c.timer.call_repeatedly(self.poll_interval, self._sync)
@@ -374,6 +404,64 @@ class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
             self._store.client.close()
 
 
+#: Transport options the legacy sweep's stock connection keeps from ours (where the
+#: keys are and how to connect); everything else is kombu's default, as stock workers use.
+_LEGACY_OPTIONS = frozenset(
+    {"global_keyprefix", "socket_connect_timeout", "socket_timeout", "health_check_interval", "sep"}
+)
+
+
+class LegacyUnackedSweep:
+    """Restores kombu's default unacked index (``unacked_index``) exactly as a stock
+    kombu worker would: entries older than ``timeout`` go back to their queue, filed on
+    stock's priority steps. Our workers keep their own index, so without this the
+    entries our versions before it left there (or stock workers that died while no
+    stock worker runs) would never come back."""
+
+    interval = 60.0
+    batch = 1000
+
+    def __init__(self, connection: Any, timeout: float) -> None:
+        self._connection = connection
+        self.timeout = timeout
+        self._next = 0.0
+
+    @classmethod
+    def for_channel(cls, channel: kombu_redis.Channel, timeout: float | None) -> LegacyUnackedSweep | None:
+        """The sweep for a worker on ``channel``; ``None`` when it uses kombu's default
+        index itself (kombu sweeps it then) or ``timeout`` is 0 / ``None``."""
+        if not timeout or channel.unacked_index_key == kombu_redis.Channel.unacked_index_key:
+            return None
+        conn = channel.connection.client
+        options = {k: v for k, v in (conn.transport_options or {}).items() if k in _LEGACY_OPTIONS}
+        options["visibility_timeout"] = float(timeout)
+        return cls(conn.clone(transport="redis", transport_options=options), float(timeout))
+
+    def maybe_sweep(self, now: float) -> None:
+        """Sweep at the first call and then every :attr:`interval` seconds."""
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        try:
+            qos = self._connection.default_channel.qos
+            with qos.channel.conn_or_acquire() as client:
+                stale = int(client.zcount(qos.unacked_index_key, 0, now - self.timeout))
+            if stale:
+                logger.warning(
+                    "restoring %d message(s) held more than %d s in kombu's default unacked index %r",
+                    stale,
+                    self.timeout,
+                    qos.unacked_index_key,
+                )
+                qos.restore_visible(num=self.batch, interval=1)
+        except (redis.RedisError, KombuOperationalError, OSError) as exc:
+            logger.warning("could not sweep kombu's default unacked index (will retry): %s", exc)
+
+    def close(self) -> None:
+        """Release the sweep's connection."""
+        self._connection.release()
+
+
 class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     """Consumer step: refreshes the Redis transport's unacked-index timestamps of the
     messages this worker holds (running, reserved, waiting for their ETA).
@@ -381,7 +469,8 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     With a short ``visibility_timeout`` a dead worker's messages come back within about
     that long, and a live worker's long or ETA-held messages are never restored to
     another worker while it keeps beating. A thread, not the event loop, beats, so a
-    task blocking the main thread (solo pool) does not stop it.
+    task blocking the main thread (solo pool) does not stop it. The same thread runs the
+    :class:`LegacyUnackedSweep` of kombu's default index.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -398,10 +487,11 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         interval = float(
             c.app.conf.tasksys_unacked_heartbeat_interval or max(1.0, channel.visibility_timeout / 6)
         )
+        legacy = LegacyUnackedSweep.for_channel(channel, c.app.conf.get("tasksys_legacy_unacked_timeout"))
         stop = threading.Event()
         thread = threading.Thread(
             target=self._beat,
-            args=(channel, interval, stop),
+            args=(channel, interval, stop, legacy),
             name="tasksys-unacked-heartbeat",
             daemon=True,
         )
@@ -409,18 +499,29 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         thread.start()
 
     @staticmethod
-    def _beat(channel: kombu_redis.Channel, interval: float, stop: threading.Event) -> None:
+    def _beat(
+        channel: kombu_redis.Channel,
+        interval: float,
+        stop: threading.Event,
+        legacy: LegacyUnackedSweep | None = None,
+    ) -> None:
         client = channel._create_client(asynchronous=False)  # type: ignore[no-untyped-call]
         key = channel.unacked_index_key
-        while not stop.wait(interval):
-            tags = list(channel.qos._delivered)
-            if not tags:
-                continue
-            now = time.time()
-            try:
-                client.zadd(key, dict.fromkeys(tags, now), xx=True)
-            except redis.RedisError as exc:
-                logger.warning("unacked heartbeat failed (will retry): %s", exc)
+        try:
+            while not stop.wait(interval):
+                now = time.time()
+                if legacy is not None:
+                    legacy.maybe_sweep(now)
+                tags = list(channel.qos._delivered)
+                if not tags:
+                    continue
+                try:
+                    client.zadd(key, dict.fromkeys(tags, now), xx=True)
+                except redis.RedisError as exc:
+                    logger.warning("unacked heartbeat failed (will retry): %s", exc)
+        finally:
+            if legacy is not None:
+                legacy.close()
 
     def _halt(self) -> None:
         if self._stop is not None:

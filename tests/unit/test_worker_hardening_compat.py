@@ -100,3 +100,53 @@ def test_restore_targets_marks_redelivered_and_files_by_priority() -> None:
     ((key, body),) = _compat.restore_targets(Channel(), payload, "ex", "jobs")
     assert key == "jobs"  # priority 9 is filed in the sub-queue polled first
     assert '"redelivered": true' in body
+
+
+def test_kombu_connection_reports_its_transport_through_resolve_aliases() -> None:
+    from kombu import Connection
+    from kombu import connection as kombu_connection
+
+    assert "self.resolve_aliases.get(" in inspect.getsource(Connection._info)
+    assert "fields = self.info()" in inspect.getsource(Connection.as_uri)
+    assert Connection.resolve_aliases is kombu_connection.resolve_aliases
+
+
+def test_celery_worker_mailbox_dispatches_from_the_panel_registry() -> None:
+    from celery.worker import pidbox
+    from celery.worker.control import Panel
+    from kombu.pidbox import Node
+
+    assert "handlers=control.Panel.data" in inspect.getsource(pidbox.Pidbox.__init__)
+    assert "self.handlers[method](self.state, **arguments)" in inspect.getsource(Node.handle)
+    assert Panel.meta["revoke"].variadic == "task_id"
+    assert list(inspect.signature(Panel.data["revoke"]).parameters)[:2] == ["state", "task_id"]
+
+
+def test_wrap_control_command_wraps_once_and_keeps_the_metadata() -> None:
+    from celery.worker.control import Panel
+
+    original, meta = Panel.data["revoke"], Panel.meta["revoke"]
+    def wrap(handler: Any) -> Any:
+        def wrapped(state: Any, task_id: Any = None, **kwargs: Any) -> Any:
+            return handler(state, task_id, **kwargs)
+
+        return wrapped
+
+    try:
+        assert _compat.wrap_control_command("revoke", wrap) is True
+        assert _compat.wrap_control_command("revoke", wrap) is True
+        wrapped = Panel.data["revoke"]
+        assert wrapped is not original and Panel.meta["revoke"] is meta
+        assert _compat.wrap_control_command("no-such-command", wrap) is False
+    finally:
+        Panel.data["revoke"] = original
+
+
+def test_kombu_files_by_message_priority_and_polls_every_priority_step() -> None:
+    put = inspect.getsource(kombu_redis.Channel._put)
+    assert "pri = self._get_message_priority(message, reverse=False)" in put
+    assert "key = self._q_for_pri(queue, pri)" in put
+    restore = inspect.getsource(kombu_redis.Channel._do_restore_message)
+    assert "pri = self._get_message_priority(payload, reverse=False)" in restore
+    assert "for pri in self.priority_steps" in inspect.getsource(kombu_redis.Channel._brpop_start)
+    assert "for pri in self.priority_steps" in inspect.getsource(kombu_redis.Channel._purge)
