@@ -125,6 +125,9 @@ class CelerySettings(BaseSettings):
     visibility_timeout: int = Field(30, ge=5)
     soft_shutdown_timeout: float = Field(0.0, ge=0)
     profile: Literal["default", "throughput"] = "default"
+    #: ``stock``: file priorities on stock kombu's four steps, so plain Celery workers
+    #: sharing the Redis consume every priority (see the README's mixed deployments).
+    priority_compat: Literal["off", "stock"] = "off"
 
     @field_validator("pool")
     @classmethod

@@ -13,7 +13,7 @@ from celery.schedules import crontab
 from internal.config.setting import Settings, setting
 from internal.infra.database import close_db, init_db
 from internal.infra.redis import close_redis, init_redis
-from pkg.celery_task import THROUGHPUT_PROFILE, BrokerUnavailableError, CeleryClient
+from pkg.celery_task import STOCK_PRIORITY_STEPS, THROUGHPUT_PROFILE, BrokerUnavailableError, CeleryClient
 
 __all__ = [
     "CELERY_INCLUDE_MODULES",
@@ -89,7 +89,14 @@ def build_celery_client(settings: Settings) -> CeleryClient:
         task_time_limit=settings.celery.task_time_limit,
         result_expires=settings.celery.result_expires,
         tasksys_revoke_expires=settings.celery.revoke_expires,
-        broker_transport_options={"visibility_timeout": settings.celery.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.celery.visibility_timeout,
+            **(
+                {"priority_filing_steps": STOCK_PRIORITY_STEPS}
+                if settings.celery.priority_compat == "stock"
+                else {}
+            ),
+        },
         tasksys_known_queues=settings.celery.known_queue_list,
         worker_soft_shutdown_timeout=settings.celery.soft_shutdown_timeout,
         **(THROUGHPUT_PROFILE if settings.celery.profile == "throughput" else {}),

@@ -38,7 +38,7 @@ from ._limits import (
 from ._loop import EventLoopThread, process_loop, run_coroutine
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
-from ._transport import PriorityRedisTransport
+from ._transport import STOCK_PRIORITY_STEPS, PriorityRedisTransport
 
 __all__ = [
     "ENTRY_NAME_PATTERN",
@@ -51,6 +51,7 @@ __all__ = [
     "MIN_INTERVAL",
     "MIN_PRIORITY",
     "SCHEDULE_TYPES",
+    "STOCK_PRIORITY_STEPS",
     "TASK_STATES",
     "THROUGHPUT_PROFILE",
     "BaseTask",

@@ -130,3 +130,23 @@ def test_soft_time_limit_must_be_below_hard(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("CELERY_TASK_TIME_LIMIT", "30")
     with pytest.raises(ValidationError, match="CELERY_TASK_SOFT_TIME_LIMIT must be smaller"):
         load_settings(env_file=None)
+
+
+def test_known_queues_and_priority_compat_reach_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from internal.infra.celery import build_celery_client
+    from pkg.celery_task import STOCK_PRIORITY_STEPS
+
+    monkeypatch.setenv("CELERY_QUEUES", "default,reports")
+    monkeypatch.setenv("CELERY_EXTRA_QUEUES", " exports , reports")
+    monkeypatch.setenv("CELERY_PRIORITY_COMPAT", "stock")
+    settings = load_settings(env_file=None)
+    assert settings.celery.known_queue_list == ["default", "reports", "exports"]
+    client = build_celery_client(settings)
+    assert set(client.known_queues()) >= {"default", "reports", "exports", "cron_queue", "video_queue"}
+    assert client.app.conf.broker_transport_options["priority_filing_steps"] == STOCK_PRIORITY_STEPS
+    monkeypatch.delenv("CELERY_PRIORITY_COMPAT")
+    plain = build_celery_client(load_settings(env_file=None))
+    assert "priority_filing_steps" not in plain.app.conf.broker_transport_options
+    monkeypatch.setenv("CELERY_PRIORITY_COMPAT", "sideways")
+    with pytest.raises(ValidationError, match="priority_compat"):
+        load_settings(env_file=None)
