@@ -119,7 +119,9 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
 
     def _store_unless_success(self, key: bytes, value: str, expires: Any) -> None:
         seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
-        period = float(self.app.conf.get("tasksys_store_oom_retry_period", 600))
+        # Only workers wait for memory; a producer (the API's revoke) answers at once.
+        retrying = bool(self.app.conf.get("tasksys_store_oom_retry", False))
+        period = float(self.app.conf.get("tasksys_store_oom_retry_period", 600)) if retrying else 0.0
         deadline = time.monotonic() + period
         delay, warned_at = 0.05, 0.0
         while True:

@@ -250,6 +250,7 @@ def _default_conf(
         # Workers retry a result store Redis refuses for lack of memory this long, then
         # requeue the message instead of acknowledging it.
         "tasksys_store_oom_retry_period": 600,
+        "tasksys_store_oom_retry": False,  # set in worker processes only
         # Beat checks this often that the static entries still exist (an empty Redis
         # after a restart) and stores them again if not.
         "tasksys_beat_reseed_interval": 5,

@@ -276,7 +276,9 @@ def _refuse_wrong_credentials(app: Celery) -> None:
 
 
 def _use_worker_backend_retries(app: Celery) -> None:
-    """In a worker, result stores retry long enough to ride out a Redis restart."""
+    """In a worker, result stores retry long enough to ride out a Redis restart, and
+    through an out-of-memory Redis (producers and the API fail fast instead)."""
+    app.conf.tasksys_store_oom_retry = True
     options = dict(app.conf.result_backend_transport_options or {})
     options["retry_policy"] = dict(app.conf.tasksys_worker_backend_retry_policy)
     app.conf.result_backend_transport_options = options

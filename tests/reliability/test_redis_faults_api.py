@@ -257,6 +257,10 @@ def test_out_of_memory_is_reported_by_readyz_and_submits_get_503(rig: Rig) -> No
         error = ready.json()["checks"]["redis"]["error"]
         assert error.startswith("OutOfMemoryError: Redis is out of memory") and "maxmemory" in error
         assert submit.status_code == 503 and submit.json()["error"]["code"] == "store_full"
+        started = time.monotonic()
+        revoke = http.delete("/api/v1/tasks/oom-revoke")
+        assert revoke.status_code == 503 and revoke.json()["error"]["code"] == "store_full"
+        assert time.monotonic() - started < 5  # producers fail fast; only workers wait
         assert "OutOfMemoryError" in rig.api.log()  # the API's log says why
     finally:
         db.config_set("maxmemory", "0")
