@@ -195,12 +195,21 @@ def check_time(value: Any, *, field: str, tz: tzinfo, latest: datetime) -> datet
     return moment
 
 
-def escape_control(text: str) -> str:
-    """``text`` with control characters (newlines, ESC, C1) written as ``\\xNN``, so
-    user data cannot forge or colour log lines."""
+#: C0 controls, DEL and C1 controls, written as escapes so user data in a log line can
+#: neither start a forged line nor send terminal escape sequences.
+_ESCAPES: dict[int, str] = {
+    code: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(code), f"\\x{code:02x}")
+    for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+}
+_ESCAPES_KEEP_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
+
+
+def escape_control(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``...), so
+    user data cannot forge or colour log lines; ``keep_newlines`` for tracebacks."""
     if not _CONTROL.search(text):
         return text
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.translate(_ESCAPES_KEEP_NEWLINE if keep_newlines else _ESCAPES)
 
 
 def _number(value: float) -> str:

@@ -30,7 +30,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from ._compat import guard_process_task, wrap_control_command
 from ._deadletter import MAX_TEXT, dead_letters_for, error_of
-from ._limits import MAX_TASK_ID_LENGTH
+from ._limits import MAX_TASK_ID_LENGTH, escape_control
 from ._loop import process_loop
 from ._transport import REFUSED_HEADER
 
@@ -169,20 +169,6 @@ class WorkerHooks:
                     exc_info=True,
                 )
         process_loop().stop()
-
-
-#: C0 controls, DEL and C1 controls, written as escapes so user data in a log line can
-#: neither start a forged line nor send terminal escape sequences.
-_ESCAPES: dict[int, str] = {
-    code: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(code), f"\\x{code:02x}")
-    for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]
-}
-_ESCAPES_KEEP_NEWLINE = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
-
-
-def escape_control(text: str, keep_newlines: bool = False) -> str:
-    """``text`` with control characters escaped (``\\n``, ``\\x1b``...)."""
-    return text.translate(_ESCAPES_KEEP_NEWLINE if keep_newlines else _ESCAPES)
 
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
