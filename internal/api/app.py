@@ -60,7 +60,7 @@ def create_app(settings: Settings = setting, client: CeleryClient = celery_clien
     )
     app.state.settings = settings
     app.state.celery_client = client
-    app.state.metrics = Metrics(client, queues=[settings.celery.default_queue, *settings.celery.queue_list])
+    app.state.metrics = Metrics(client)
     install_error_handlers(app)
     api_routers = (tasks.router, workflows.router, periodic.router, dead_letters.router, operations.router)
     for router in api_routers:

@@ -10,7 +10,7 @@ queues) or ``other``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -63,12 +63,11 @@ class _SubmittedCounter:
 
 class Metrics:
     """Tasks submitted (by task and queue), request latency (by method, route and
-    status) and queue lengths (read at scrape time). ``queues`` are queues known
-    besides the client's own (``known_queues()``), e.g. ``CELERY_QUEUES``."""
+    status) and queue lengths (read at scrape time). Queue labels are the client's
+    ``known_queues()`` (routes, default, ``CELERY_QUEUES``, ``CELERY_EXTRA_QUEUES``)."""
 
-    def __init__(self, client: CeleryClient, *, queues: Iterable[str] = ()) -> None:
+    def __init__(self, client: CeleryClient) -> None:
         self.client = client
-        self._extra_queues = frozenset(queues)
         self._known_queues: frozenset[str] | None = None
         self.registry = CollectorRegistry()
         self.tasks_submitted = _SubmittedCounter(
@@ -103,6 +102,6 @@ class Metrics:
 
     def queue_label(self, queue: str) -> str:
         """``queue`` if the system knows it, else ``other``."""
-        if self._known_queues is None:  # routes and the default queue are fixed per client
-            self._known_queues = frozenset(self.client.known_queues()) | self._extra_queues
+        if self._known_queues is None:  # fixed per client: routes and configured queues
+            self._known_queues = frozenset(self.client.known_queues())
         return queue if queue in self._known_queues else OTHER

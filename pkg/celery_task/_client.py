@@ -752,7 +752,7 @@ class CeleryClient:
         if not claiming:
             return []
         client = self._state_redis()
-        script = client.register_script(_CLAIM_SCRIPT)
+        script = self._claim_script
         with self._unreachable("could not check task ids"):
             if not self._results_on_state_redis:
                 for request in claiming:
@@ -763,6 +763,11 @@ class CeleryClient:
                     script(keys=keys, args=args, client=pipe)
                 answers = pipe.execute()
         return self._settle_claims([r.options["task_id"] for r in claiming], answers)
+
+    @cached_property
+    def _claim_script(self) -> Any:
+        """The claim script, registered once (each call names the client it runs on)."""
+        return self._state_redis().register_script(_CLAIM_SCRIPT)
 
     def _refuse_if_stored(self, task_id: str) -> None:
         if self.app.backend.get_task_meta(task_id).get("status", states.PENDING) != states.PENDING:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -57,3 +60,56 @@ class Ledger:
         }
         print(f"\n[{self.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
         return figures
+
+
+@dataclass
+class Rig:
+    """A private Redis with one worker (``default``, 2 processes) and beat on it; tasks
+    ``tests.hardening.append_file`` record runs in ``runs_file``, a 1 s periodic entry
+    records beat's ticks in ``ticks_file``."""
+
+    server: Any
+    admin: redis.Redis
+    client: CeleryClient
+    worker: Any
+    beat: Any
+    runs_file: Path
+    ticks_file: Path
+
+    def stop(self) -> tuple[int | None, int | None]:
+        """Warm-stop beat, then the worker; their exit codes."""
+        return self.beat.stop(), self.worker.stop()
+
+
+@contextmanager
+def worker_and_beat(session_tmp: Path, name: str, **redis_options: Any) -> Iterator[Rig]:
+    """A :class:`Rig` for the block, everything stopped (by PID) even on failure."""
+    from tests.support.hardening_tasks import INCLUDE
+    from tests.support.procs import service_env, start_beat, start_worker
+    from tests.support.services import private_redis
+
+    with private_redis(**redis_options) as server:
+        env = service_env(
+            server.url,
+            database_url=f"sqlite+aiosqlite:///{session_tmp}/{name}.db",
+            extra={"CELERY_EXTRA_INCLUDE": INCLUDE},
+        )
+        logs = session_tmp / name
+        ticks_file = session_tmp / f"{name}-ticks.txt"
+        admin = redis.Redis.from_url(server.url, socket_timeout=10)
+        client = client_for(server.url)
+        client.add_periodic_task(
+            "tests.hardening.append_file", "interval", 1, name=f"{name}-tick", args=[str(ticks_file)]
+        )
+        worker = start_worker(name, env, logs, queues=["default"], concurrency=2)
+        try:
+            beat = start_beat(f"{name}-beat", env, logs)
+        except BaseException:
+            worker.stop()
+            raise
+        rig = Rig(server, admin, client, worker, beat, session_tmp / f"{name}-runs.txt", ticks_file)
+        try:
+            yield rig
+        finally:
+            rig.stop()
+            admin.close()

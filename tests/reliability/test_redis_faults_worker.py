@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.reliability.conftest import Ledger, client_for
-from tests.support.hardening_tasks import INCLUDE, read_runs
-from tests.support.procs import service_env, start_beat, start_worker, wait_for
-from tests.support.services import private_redis
+from tests.reliability.conftest import Ledger, worker_and_beat
+from tests.support.hardening_tasks import read_runs
+from tests.support.procs import wait_for
 
 
 def _kill_clients(admin: redis.Redis) -> None:
@@ -34,26 +33,8 @@ def _stall(admin: redis.Redis) -> None:
 def test_workers_and_beat_ride_out_redis_faults(
     session_tmp: Path, unique: str, fault: str, inject: Callable[[redis.Redis], None]
 ) -> None:
-    with private_redis(debug_commands=True) as server:
-        runs_file = session_tmp / f"{fault}-runs-{unique}.txt"
-        ticks_file = session_tmp / f"{fault}-ticks-{unique}.txt"
-        env = service_env(
-            server.url,
-            database_url=f"sqlite+aiosqlite:///{session_tmp}/{fault}.db",
-            extra={"CELERY_EXTRA_INCLUDE": INCLUDE},
-        )
-        logs = session_tmp / f"{fault}-{unique}"
-        admin = redis.Redis.from_url(server.url, socket_timeout=10)
-        client = client_for(server.url)
-        client.add_periodic_task(
-            "tests.hardening.append_file",
-            "interval",
-            1,
-            name=f"{fault}-tick-{unique}",
-            args=[str(ticks_file)],
-        )
-        worker = start_worker(f"{fault}-{unique}", env, logs, queues=["default"], concurrency=2)
-        beat = start_beat(f"{fault}-beat-{unique}", env, logs)
+    with worker_and_beat(session_tmp, f"{fault}-{unique}", debug_commands=True) as rig:
+        client, worker, beat, runs_file = rig.client, rig.worker, rig.beat, rig.runs_file
         ledger = Ledger(fault)
         refused = 0
         try:
@@ -62,7 +43,7 @@ def test_workers_and_beat_ride_out_redis_faults(
                 client.submit("tests.hardening.append_file", [str(runs_file), 100]).id for _ in range(40)
             ]
             wait_for(lambda: read_runs(runs_file), timeout=30, what="the first task to run")
-            faulting = threading.Thread(target=inject, args=(admin,))
+            faulting = threading.Thread(target=inject, args=(rig.admin,))
             faulting.start()
             for _ in range(20):  # submits during the fault: accepted, or refused with an error
                 try:
@@ -92,22 +73,20 @@ def test_workers_and_beat_ride_out_redis_faults(
             )
             after_wall = time.time()
             wait_for(
-                lambda: ticks_file.exists() and ticks_file.stat().st_mtime > after_wall + 1,
+                lambda: rig.ticks_file.exists() and rig.ticks_file.stat().st_mtime > after_wall + 1,
                 timeout=30,
                 what="beat to fire after the fault",
             )
             assert worker.alive() and worker.pid == main_pid and beat.alive()
         finally:
-            beat_code = beat.stop()
-            worker_code = worker.stop()
-            admin.close()
-        runs = [r for r in read_runs(runs_file) if r in set(ledger.accepted)]
-        figures = ledger.report(runs, refused_submits=refused, recovery_s=round(recovery, 1))
-        print(
-            f"fault={fault} accepted={figures['accepted']} completed={figures['completed']} "
-            f"duplicated={figures['duplicated']} lost={figures['lost']} refused_submits={refused} "
-            f"recovery_s={recovery:.1f}"
-        )
-        assert "Unrecoverable error" not in worker.log() + beat.log()
-        assert figures["lost"] == 0
-        assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)
+            beat_code, worker_code = rig.stop()
+    runs = [r for r in read_runs(runs_file) if r in set(ledger.accepted)]
+    figures = ledger.report(runs, refused_submits=refused, recovery_s=round(recovery, 1))
+    print(
+        f"fault={fault} accepted={figures['accepted']} completed={figures['completed']} "
+        f"duplicated={figures['duplicated']} lost={figures['lost']} refused_submits={refused} "
+        f"recovery_s={recovery:.1f}"
+    )
+    assert "Unrecoverable error" not in worker.log() + beat.log()
+    assert figures["lost"] == 0
+    assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)

@@ -10,30 +10,15 @@ from pathlib import Path
 
 import redis
 
-from tests.reliability.conftest import Ledger, client_for
-from tests.support.hardening_tasks import INCLUDE, read_runs
-from tests.support.procs import service_env, start_beat, start_worker, wait_for
-from tests.support.services import private_redis
+from tests.reliability.conftest import Ledger, worker_and_beat
+from tests.support.hardening_tasks import read_runs
+from tests.support.procs import wait_for
 
 
 def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, unique: str) -> None:
-    with private_redis() as server:
-        runs_file = session_tmp / f"oom-runs-{unique}.txt"
-        ticks_file = session_tmp / f"oom-ticks-{unique}.txt"
-        env = service_env(
-            server.url,
-            database_url=f"sqlite+aiosqlite:///{session_tmp}/oom.db",
-            extra={"CELERY_EXTRA_INCLUDE": INCLUDE},
-        )
-        logs = session_tmp / f"oom-{unique}"
-        admin = redis.Redis.from_url(server.url)
+    with worker_and_beat(session_tmp, f"oom-{unique}") as rig:
+        admin, client, worker, beat, runs_file = rig.admin, rig.client, rig.worker, rig.beat, rig.runs_file
         admin.config_set("maxmemory-policy", "noeviction")
-        client = client_for(server.url)
-        client.add_periodic_task(
-            "tests.hardening.append_file", "interval", 1, name=f"oom-tick-{unique}", args=[str(ticks_file)]
-        )
-        worker = start_worker(f"oom-{unique}", env, logs, queues=["default"], concurrency=2)
-        beat = start_beat(f"oom-beat-{unique}", env, logs)
         ledger = Ledger("oom")
         try:
             main_pid = worker.pid
@@ -66,7 +51,7 @@ def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, u
             )
             recovery = time.monotonic() - lifted
             wait_for(
-                lambda: ticks_file.exists() and ticks_file.stat().st_mtime > lifted_wall + 1,
+                lambda: rig.ticks_file.exists() and rig.ticks_file.stat().st_mtime > lifted_wall + 1,
                 timeout=30,
                 what="beat to fire after the limit was lifted",
             )
@@ -79,21 +64,19 @@ def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, u
         finally:
             with contextlib.suppress(redis.RedisError):
                 admin.config_set("maxmemory", "0")
-            beat_code = beat.stop()
-            worker_code = worker.stop()
-            admin.close()
-        runs = [r for r in read_runs(runs_file) if r in set(ledger.accepted)]
-        figures = ledger.report(runs, refused_submits=refused, recovery_s=round(recovery, 1))
-        print(
-            f"oom: accepted={figures['accepted']} completed={figures['completed']} "
-            f"duplicated={figures['duplicated']} lost={figures['lost']} recovery_s={recovery:.1f}"
-        )
-        log = worker.log() + beat.log()
-        assert "Unrecoverable error" not in log
-        assert "out of memory" in log.lower(), "no warning said why the worker waited"
-        assert {statuses[i] for i in ledger.accepted} == {"SUCCESS"}, statuses
-        assert figures["lost"] == 0 and figures["duplicated"] == 0
-        assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)
+            beat_code, worker_code = rig.stop()
+    runs = [r for r in read_runs(runs_file) if r in set(ledger.accepted)]
+    figures = ledger.report(runs, refused_submits=refused, recovery_s=round(recovery, 1))
+    print(
+        f"oom: accepted={figures['accepted']} completed={figures['completed']} "
+        f"duplicated={figures['duplicated']} lost={figures['lost']} recovery_s={recovery:.1f}"
+    )
+    log = worker.log() + beat.log()
+    assert "Unrecoverable error" not in log
+    assert "out of memory" in log.lower(), "no warning said why the worker waited"
+    assert {statuses[i] for i in ledger.accepted} == {"SUCCESS"}, statuses
+    assert figures["lost"] == 0 and figures["duplicated"] == 0
+    assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)
 
 
 def _fill_up(admin: redis.Redis, unique: str) -> None:
