@@ -7,7 +7,7 @@ Imports nothing from ``internal/``.
 """
 
 from ._beat import RedisScheduler, ScheduleEntry
-from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient
+from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient, public_state
 from ._errors import (
     BrokerUnavailableError,
     DeadLetterNotFoundError,
@@ -81,6 +81,7 @@ __all__ = [
     "describe_schedule",
     "escape_control",
     "parse_schedule",
+    "public_state",
     "process_loop",
     "run_coroutine",
 ]

@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._fastpath import MessageFactory, TaskRequest
+from ._options import options_of
 
 if TYPE_CHECKING:
     from ._client import CeleryClient
@@ -45,7 +46,7 @@ def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPoo
     transport = client.app.conf.broker_transport_options or {}
     return redis.asyncio.BlockingConnectionPool.from_url(
         url,
-        max_connections=int(client.app.conf.tasksys_async_max_connections),
+        max_connections=options_of(client.app).async_max_connections,
         timeout=2,
         socket_connect_timeout=transport.get("socket_connect_timeout", 2),
         socket_timeout=transport.get("socket_timeout", 10),

@@ -33,6 +33,8 @@ from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
+from ._options import options_of
+
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         return result
 
     def _deferred_started(self) -> _DeferredWrites | None:
-        delay = float(self.app.conf.get("tasksys_started_delay") or 0)
+        delay = options_of(self.app).started_delay
         if delay <= 0:
             return None
         deferred = self.__dict__.get("_tasksys_deferred")
@@ -120,8 +122,8 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
     def _store_unless_success(self, key: bytes, value: str, expires: Any) -> None:
         seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
         # Only workers wait for memory; a producer (the API's revoke) answers at once.
-        retrying = bool(self.app.conf.get("tasksys_store_oom_retry", False))
-        period = float(self.app.conf.get("tasksys_store_oom_retry_period", 600)) if retrying else 0.0
+        options = options_of(self.app)
+        period = options.store_oom_retry_period if options.store_oom_retry else 0.0
         deadline = time.monotonic() + period
         delay, warned_at = 0.05, 0.0
         while True:

@@ -30,6 +30,7 @@ from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf, get_redis
 from redis.exceptions import LockError
 
+from ._options import options_of
 from ._schedules import is_once
 
 __all__ = ["RedisScheduler", "ScheduleEntry"]
@@ -148,7 +149,7 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
         conf = ensure_conf(app)
         options = dict(conf.redbeat_redis_options)
         if "retry_period" not in options:
-            options["retry_period"] = app.conf.get("tasksys_beat_redis_retry_period", 60)
+            options["retry_period"] = options_of(app).beat_redis_retry_period
             options.pop("retry", None)
             conf.redbeat_redis_options = options
             setattr(app, REDBEAT_REDIS_KEY, None)
@@ -200,7 +201,7 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
         now = time.monotonic()
         if now < self._next_seed_check:
             return
-        self._next_seed_check = now + float(self.app.conf.get("tasksys_beat_reseed_interval", 5))
+        self._next_seed_check = now + options_of(self.app).beat_reseed_interval
         statics = dict(self.app.redbeat_conf.schedule or {})
         if not statics:
             return

@@ -65,6 +65,7 @@ from ._limits import (
     check_task_id,
     check_time,
 )
+from ._options import DEFAULT_MAX_ARGUMENT_BYTES, Options, configure, options_of
 from ._schedules import describe_schedule, parse_schedule
 from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
 from ._worker import (
@@ -76,7 +77,14 @@ from ._worker import (
     revoke_store_for,
 )
 
-__all__ = ["CeleryClient", "MAX_PRIORITY", "MIN_PRIORITY", "TASK_STATES", "THROUGHPUT_PROFILE"]
+__all__ = [
+    "CeleryClient",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "TASK_STATES",
+    "THROUGHPUT_PROFILE",
+    "public_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +126,6 @@ THROUGHPUT_PROFILE: dict[str, Any] = {
 _PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
 #: Seconds a pooled Redis connection may idle before it is checked ahead of its next use.
 _HEALTH_CHECK_INTERVAL = 10
-#: Largest JSON text of one task's args and kwargs (``tasksys_max_argument_bytes``).
-DEFAULT_MAX_ARGUMENT_BYTES = 16 * 1024 * 1024
 #: Most entries one page of :meth:`CeleryClient.periodic_tasks_page` returns.
 MAX_PAGE_SIZE = 1000
 #: Largest offset a page may start at (Redis ranges are 64-bit; no list is this long).
@@ -218,42 +224,7 @@ def _default_conf(
             "health_check_interval": _HEALTH_CHECK_INTERVAL,
             "retry": Retry(NoBackoff(), 1),
         },
-        "tasksys_beat_redis_retry_period": 60,
         "redbeat_lock_timeout": 25,
-        # State this package keeps in Redis (revokes; see tasksys_* below).
-        "tasksys_redis_url": state_url,
-        "tasksys_key_prefix": "tasksys:",
-        "tasksys_revoke_expires": 3 * 24 * 3600,
-        # None: a sixth of the broker's visibility timeout.
-        "tasksys_unacked_heartbeat_interval": None,
-        # Workers restore entries of kombu's default unacked index (left by stock workers
-        # or by our versions before the own index) older than this, as kombu would;
-        # set it to the stock workers' visibility_timeout; 0 turns the sweep off.
-        "tasksys_legacy_unacked_timeout": 3600,
-        # Workers store results through a Redis restart (producers keep failing fast).
-        "tasksys_worker_backend_retry_policy": {
-            "max_retries": 60,
-            "interval_start": 0.0,
-            "interval_step": 0.5,
-            "interval_max": 1.0,
-        },
-        "tasksys_async_max_connections": 50,
-        # Worker task events go out in batches: at most this late, at most this many.
-        "tasksys_event_flush_interval": 0.1,
-        "tasksys_event_buffer_limit": 200,
-        # STARTED is stored only for tasks still running after this many seconds.
-        "tasksys_started_delay": 0.1,
-        # Tasks that failed for good and refused messages, kept for inspection/resubmission.
-        "tasksys_dead_letter_max": 10_000,
-        # Largest JSON text of one task's args and kwargs that submit accepts.
-        "tasksys_max_argument_bytes": DEFAULT_MAX_ARGUMENT_BYTES,
-        # Workers retry a result store Redis refuses for lack of memory this long, then
-        # requeue the message instead of acknowledging it.
-        "tasksys_store_oom_retry_period": 600,
-        "tasksys_store_oom_retry": False,  # set in worker processes only
-        # Beat checks this often that the static entries still exist (an empty Redis
-        # after a restart) and stores them again if not.
-        "tasksys_beat_reseed_interval": 5,
         "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
     if _scheme(broker_url) in _REDIS_SCHEMES:
@@ -410,7 +381,9 @@ class CeleryClient:
             if not entry.get("task"):
                 raise InvalidRequestError(f"static entry {name!r} has no task", field="beat_schedule")
 
-        state_url = extra_conf.pop("tasksys_redis_url", None) or _state_redis_url(broker_url, backend_url)
+        ours, extra_conf = Options.split(extra_conf)
+        state_url = ours.pop("redis_url", None) or _state_redis_url(broker_url, backend_url)
+        options = Options(redis_url=state_url, **ours)
         conf = _default_conf(
             broker_url=broker_url,
             backend_url=backend_url,
@@ -433,6 +406,7 @@ class CeleryClient:
         else:
             app.conf.update(broker_url=broker_url, result_backend=backend_url, include=list(self.include))
         app.conf.update(conf)
+        configure(app, options)
         # Redis results also record start time and runtime (TimedRedisBackend).
         app.loader.override_backends = {
             **app.loader.override_backends,
@@ -516,7 +490,7 @@ class CeleryClient:
 
     @cached_property
     def _max_argument_bytes(self) -> int:
-        return int(self.app.conf.get("tasksys_max_argument_bytes") or DEFAULT_MAX_ARGUMENT_BYTES)
+        return options_of(self.app).max_argument_bytes
 
     def _check_signature(self, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """With the registry loaded, refuse arguments the task's own parameters cannot
@@ -610,7 +584,7 @@ class CeleryClient:
             str(transport.get("unacked_key") or "unacked"),
             str(transport.get("unacked_index_key") or "unacked_index"),
             str(transport.get("unacked_mutex_key") or "unacked_mutex"),
-            str(conf.tasksys_key_prefix),
+            options_of(self.app).key_prefix,
             str(ensure_conf(self.app).key_prefix),
         }
         backend = self.app.backend
@@ -704,7 +678,7 @@ class CeleryClient:
     # -- caller-supplied task ids are idempotency keys --------------------------------
 
     def _claim_key(self, task_id: str) -> str:
-        return f"{self.app.conf.tasksys_key_prefix}task_id:{task_id}"
+        return f"{options_of(self.app).key_prefix}task_id:{task_id}"
 
     @cached_property
     def _results_on_state_redis(self) -> bool:
@@ -712,7 +686,7 @@ class CeleryClient:
         return bool(
             hasattr(self.app.backend, "get_key_for_task")
             and self.backend_url
-            and self.app.conf.tasksys_redis_url == self.backend_url
+            and options_of(self.app).redis_url == self.backend_url
         )
 
     def _claim_ttl(self, options: Mapping[str, Any]) -> int:
@@ -731,8 +705,8 @@ class CeleryClient:
     def _claim_call(self, request: TaskRequest) -> tuple[list[Any], list[Any]]:
         task_id = request.options["task_id"]
         result_key = self.app.backend.get_key_for_task(task_id) if self._results_on_state_redis else ""
-        floor = time.time() - float(self.app.conf.tasksys_revoke_expires)
-        keys = [self._claim_key(task_id), result_key, f"{self.app.conf.tasksys_key_prefix}revoked"]
+        floor = time.time() - options_of(self.app).revoke_expires
+        keys = [self._claim_key(task_id), result_key, f"{options_of(self.app).key_prefix}revoked"]
         look_at_result = "1" if self._results_on_state_redis else "0"
         args = [task_id, self._claim_ttl(request.options), floor, look_at_result]
         return keys, args
@@ -1009,7 +983,7 @@ class CeleryClient:
     async def get_statuses_async(self, task_ids: Iterable[str]) -> dict[str, str]:
         """:meth:`get_statuses` for ``async`` code."""
         metas = await self.get_task_metas_async(list(dict.fromkeys(task_ids)))
-        return {task_id: _public_state(meta.get("status")) for task_id, meta in metas.items()}
+        return {task_id: public_state(meta.get("status")) for task_id, meta in metas.items()}
 
     async def wait_async(self, task_id: str, timeout: float) -> dict[str, Any]:
         """Wait up to ``timeout`` s for the task to finish without blocking the loop;
@@ -1115,7 +1089,7 @@ class CeleryClient:
 
     def get_status(self, task_id: str) -> str:
         """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED."""
-        return _public_state(AsyncResult(task_id, app=self.app).state)
+        return public_state(AsyncResult(task_id, app=self.app).state)
 
     def get_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
         """Statuses of many tasks in one round trip to Redis (one MGET); only the
@@ -1125,7 +1099,7 @@ class CeleryClient:
         client = getattr(backend, "client", None)
         if client is None or not hasattr(backend, "get_key_for_task"):
             return {
-                task_id: _public_state(meta.get("status"))
+                task_id: public_state(meta.get("status"))
                 for task_id, meta in self.get_task_metas(ids).items()
             }
         with self._unreachable("could not read task states"):
@@ -1470,7 +1444,7 @@ class CeleryClient:
     def known_queues(self) -> list[str]:
         """The default queue, every queue named by a route, and those configured in
         ``tasksys_known_queues``: the queues outside callers (the HTTP API) may name."""
-        names = {self.task_default_queue, *(self.app.conf.get("tasksys_known_queues") or ())}
+        names = {self.task_default_queue, *options_of(self.app).known_queues}
         for route in self.task_routes.values():
             if isinstance(route, Mapping) and isinstance(route.get("queue"), str):
                 names.add(route["queue"])
@@ -1601,10 +1575,12 @@ def _status_of(raw: bytes | None, backend: Any) -> str:
         status = json.loads(raw)["status"]
     except (ValueError, KeyError, TypeError):
         status = backend.decode_result(raw).get("status")
-    return _public_state(status)
+    return public_state(status)
 
 
-def _public_state(state: Any) -> str:
+def public_state(state: Any) -> str:
+    """The status callers see for a stored state: RECEIVED reads PENDING, REJECTED
+    (a message refused and dead-lettered) reads FAILURE; others as stored."""
     if state in (states.RECEIVED, None):
         return str(states.PENDING)
     if state == states.REJECTED:

@@ -1,30 +1,14 @@
-"""The private Celery, kombu and billiard names this package relies on, in one place.
+"""Every private Celery, kombu, billiard and RedBeat name this package relies on, in one
+place, each behind a small function.
 
-Each is used because no public hook reaches the same point; ``tests/unit/
-test_worker_hardening_compat.py`` pins every one against the installed versions, so an
-upgrade that renames or changes them fails a test instead of a worker in production.
+A private name is used only where no public extension point reaches the same point;
+each section says why. ``tests/unit/test_compat*.py`` pin every one against the
+installed versions (signature, attribute or behaviour), so an upgrade that renames or
+changes one fails a test naming it instead of a worker in production.
 
-- kombu's Redis channel ``_brpop_read`` parses the popped message (``loads``) before
-  any hook can see it; a body that is not JSON raises out of the worker's event loop
-  and the popped message is lost. :func:`brpop_reply` and :func:`brpop_done` are the
-  two halves of that method around the parse, so the channel can parse it safely.
-- Celery's ``WorkController._process_task`` hands a request to the pool, inside the
-  pool-slot semaphore (``_process_task_sem`` / ``_quick_release``); an error there
-  escapes the event loop and stops the worker. :func:`guard_process_task` wraps it,
-  releasing the slot on error exactly as Celery does for a revoked task.
-- kombu's Redis channel ``_do_restore_message`` knows where a held message goes back
-  to (exchange lookup, priority sub-queue, redelivered flags); :func:`restore_targets`
-  asks it, so the transport can requeue in one script that works when Redis is full.
-- billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
-  fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
-- kombu's ``Connection.as_uri`` (what Flower, the worker banner and every tool read)
-  names the transport through ``kombu.connection.resolve_aliases``; without an entry a
-  custom transport class reports ``pkg...:PriorityRedisTransport://``, which Flower
-  refuses. :func:`report_transport_as` adds one for our class path only.
-- Celery has no signal for an incoming remote-control command. Its worker mailbox
-  dispatches from the global registry ``celery.worker.control.Panel.data`` (the public
-  ``@control_command`` writes there) at each call; :func:`wrap_control_command` puts a
-  wrapper around a registered handler (``revoke``), keeping its registered metadata.
+Sections: publishing (the fast path), worker (consumer, transport, pool), results
+backend, beat (RedBeat). Nothing else in the package touches a private name of those
+libraries.
 """
 
 from __future__ import annotations
@@ -35,16 +19,29 @@ from typing import Any
 
 from kombu import connection as kombu_connection
 
-__all__ = [
-    "KOMBU_BRPOP_READ_STEPS",
-    "brpop_done",
-    "brpop_reply",
-    "forget_unsent_job",
-    "guard_process_task",
-    "report_transport_as",
-    "restore_targets",
-    "wrap_control_command",
-]
+# == Worker: consumer, transport, pool ================================================
+#
+# - kombu's Redis channel ``_brpop_read`` parses the popped message (``loads``) before
+#   any hook can see it; a body that is not JSON raises out of the worker's event loop
+#   and the popped message is lost. :func:`brpop_reply` and :func:`brpop_done` are the
+#   two halves of that method around the parse, so the channel can parse it safely.
+# - Celery's ``WorkController._process_task`` hands a request to the pool, inside the
+#   pool-slot semaphore (``_process_task_sem`` / ``_quick_release``); an error there
+#   escapes the event loop and stops the worker. :func:`guard_process_task` wraps it,
+#   releasing the slot on error exactly as Celery does for a revoked task.
+# - kombu's Redis channel ``_do_restore_message`` knows where a held message goes back
+#   to (exchange lookup, priority sub-queue, redelivered flags); :func:`restore_targets`
+#   asks it, so the transport can requeue in one script that works when Redis is full.
+# - billiard's pool registers a job in ``_cache`` before it pickles it; when pickling
+#   fails (a message nested too deep), :func:`forget_unsent_job` drops that entry.
+# - kombu's ``Connection.as_uri`` (what Flower, the worker banner and every tool read)
+#   names the transport through ``kombu.connection.resolve_aliases``; without an entry a
+#   custom transport class reports ``pkg...:PriorityRedisTransport://``, which Flower
+#   refuses. :func:`report_transport_as` adds one for our class path only.
+# - Celery has no signal for an incoming remote-control command. Its worker mailbox
+#   dispatches from the global registry ``celery.worker.control.Panel.data`` (the public
+#   ``@control_command`` writes there) at each call; :func:`wrap_control_command` puts a
+#   wrapper around a registered handler (``revoke``), keeping its registered metadata.
 
 #: The statements of kombu's ``Channel._brpop_read`` that :func:`brpop_reply` and
 #: :func:`brpop_done` reproduce (the pinning test checks kombu still has them).
@@ -179,3 +176,12 @@ def wrap_control_command(name: str, wrap: Callable[[Callable[..., Any]], Callabl
     setattr(wrapped, _WRAPPED_ATTR, True)
     Panel.data[name] = wrapped
     return True
+
+
+# == Publishing: the fast path (kombu Producer, Celery amqp) ==========================
+
+
+# == Results backend (Celery's Redis backend) =========================================
+
+
+# == Beat (RedBeat, Celery schedules) =================================================

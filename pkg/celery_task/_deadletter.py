@@ -21,6 +21,8 @@ import redis
 from celery import Celery, signals
 from kombu.utils.uuid import uuid
 
+from ._options import options_of
+
 __all__ = ["DEAD_LETTER_REASONS", "MAX_TEXT", "DeadLetters", "dead_letters_for", "record_task_failure"]
 
 logger = logging.getLogger(__name__)
@@ -112,15 +114,15 @@ _clients: dict[tuple[int, str], redis.Redis] = {}
 
 def dead_letters_for(app: Celery, client: redis.Redis | None = None) -> DeadLetters:
     """The dead-letter list configured on ``app`` (one Redis client per process)."""
-    conf = app.conf
+    options = options_of(app)
     if client is None:
-        key = (os.getpid(), conf.tasksys_redis_url)
+        key = (os.getpid(), options.redis_url)
         if key not in _clients:
             _clients[key] = redis.Redis.from_url(
-                conf.tasksys_redis_url, socket_connect_timeout=2, socket_timeout=5
+                options.redis_url, socket_connect_timeout=2, socket_timeout=5
             )
         client = _clients[key]
-    return DeadLetters(client, conf.tasksys_key_prefix, int(conf.tasksys_dead_letter_max))
+    return DeadLetters(client, options.key_prefix, options.dead_letter_max)
 
 
 def _text(value: Any) -> str:

@@ -32,6 +32,7 @@ from ._compat import guard_process_task, wrap_control_command
 from ._deadletter import MAX_TEXT, dead_letters_for, error_of
 from ._limits import MAX_TASK_ID_LENGTH, escape_control
 from ._loop import process_loop
+from ._options import configure, options_of
 from ._transport import REFUSED_HEADER
 
 __all__ = [
@@ -243,7 +244,7 @@ BAD_CREDENTIALS_EXIT = 78
 def _refuse_wrong_credentials(app: Celery) -> None:
     """Stop at once, saying so, if Redis refuses the worker's password: Celery would
     retry forever, since redis-py reports it as a connection error."""
-    urls = {app.conf.tasksys_redis_url, app.conf.broker_url, app.conf.result_backend}
+    urls = {options_of(app).redis_url, app.conf.broker_url, app.conf.result_backend}
     for url in sorted(u for u in urls if isinstance(u, str) and u.startswith(("redis://", "rediss://"))):
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         try:
@@ -264,9 +265,9 @@ def _refuse_wrong_credentials(app: Celery) -> None:
 def _use_worker_backend_retries(app: Celery) -> None:
     """In a worker, result stores retry long enough to ride out a Redis restart, and
     through an out-of-memory Redis (producers and the API fail fast instead)."""
-    app.conf.tasksys_store_oom_retry = True
+    configure(app, store_oom_retry=True)
     options = dict(app.conf.result_backend_transport_options or {})
-    options["retry_policy"] = dict(app.conf.tasksys_worker_backend_retry_policy)
+    options["retry_policy"] = dict(options_of(app).worker_backend_retry_policy)
     app.conf.result_backend_transport_options = options
     backend = app.backend
     if hasattr(backend, "_transport_options"):  # Redis backend: copied from the conf when built
@@ -314,11 +315,9 @@ def _text(value: bytes | str) -> str:
 
 def revoke_store_for(app: Celery, client: redis.Redis | None = None) -> RevokeStore:
     """The revoke store configured on ``app`` (``tasksys_*`` settings)."""
-    conf = app.conf
-    client = client or redis.Redis.from_url(
-        conf.tasksys_redis_url, socket_connect_timeout=2, socket_timeout=5
-    )
-    return RevokeStore(client, conf.tasksys_key_prefix + "revoked", float(conf.tasksys_revoke_expires))
+    options = options_of(app)
+    client = client or redis.Redis.from_url(options.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    return RevokeStore(client, options.key_prefix + "revoked", options.revoke_expires)
 
 
 #: Consumer attribute holding the worker's :class:`RevokeStore` for the revoke command.
@@ -473,9 +472,9 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         if not isinstance(channel, kombu_redis.Channel):
             return
         interval = float(
-            c.app.conf.tasksys_unacked_heartbeat_interval or max(1.0, channel.visibility_timeout / 6)
+            options_of(c.app).unacked_heartbeat_interval or max(1.0, channel.visibility_timeout / 6)
         )
-        legacy = LegacyUnackedSweep.for_channel(channel, c.app.conf.get("tasksys_legacy_unacked_timeout"))
+        legacy = LegacyUnackedSweep.for_channel(channel, options_of(c.app).legacy_unacked_timeout)
         stop = threading.Event()
         thread = threading.Thread(
             target=self._beat,
@@ -542,10 +541,10 @@ class EventBatching(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, c: Any) -> None:
         dispatcher = c.event_dispatcher
-        interval = float(c.app.conf.tasksys_event_flush_interval)
+        interval = options_of(c.app).event_flush_interval
         if dispatcher is None or c.hub is None or interval <= 0:
             return
-        dispatcher.buffer_limit = max(dispatcher.buffer_limit, int(c.app.conf.tasksys_event_buffer_limit))
+        dispatcher.buffer_limit = max(dispatcher.buffer_limit, options_of(c.app).event_buffer_limit)
 
         def flush() -> None:
             self._pending = False

@@ -48,6 +48,7 @@ EXPECTED = {
     "describe_schedule",
     "escape_control",
     "parse_schedule",
+    "public_state",
     "process_loop",
     "run_coroutine",
 }
