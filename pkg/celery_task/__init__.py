@@ -24,7 +24,6 @@ from ._errors import (
     TaskSystemError,
     UnknownTaskError,
 )
-from ._fastpath import TaskRequest
 from ._limits import (
     ENTRY_NAME_PATTERN,
     ID_PATTERN,
@@ -36,6 +35,7 @@ from ._limits import (
     escape_control,
 )
 from ._loop import EventLoopThread, process_loop, run_coroutine
+from ._request import TaskRequest
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
 from ._transport import STOCK_PRIORITY_STEPS, PriorityRedisTransport

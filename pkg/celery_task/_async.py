@@ -21,8 +21,9 @@ from kombu.common import maybe_declare
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._fastpath import MessageFactory, TaskRequest
+from ._fastpath import MessageFactory
 from ._options import options_of
+from ._request import TaskRequest
 
 if TYPE_CHECKING:
     from ._client import CeleryClient

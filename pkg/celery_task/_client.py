@@ -54,7 +54,7 @@ from ._errors import (
     TaskIdInUseError,
     UnknownTaskError,
 )
-from ._fastpath import FAST_OPTIONS, MessageFactory, TaskRequest, json_text, pipeline_commands
+from ._fastpath import FAST_OPTIONS, MessageFactory, pipeline_commands
 from ._limits import (
     MAX_DELAY,
     MAX_EXPIRES,
@@ -66,6 +66,7 @@ from ._limits import (
     check_time,
 )
 from ._options import DEFAULT_MAX_ARGUMENT_BYTES, Options, configure, options_of
+from ._request import TaskRequest, json_text
 from ._schedules import describe_schedule, parse_schedule
 from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
 from ._worker import (

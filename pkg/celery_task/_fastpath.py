@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,43 +27,18 @@ from celery.utils.time import maybe_make_aware, utcoffset
 from kombu.common import maybe_declare
 from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import JSONEncoder
 from kombu.utils.uuid import uuid
+
+from ._request import TaskRequest, json_text
 
 __all__ = [
     "CapturingProducer",
     "CommandBuffer",
     "MessageFactory",
     "PreparedTask",
-    "TaskRequest",
     "pipeline_commands",
     "prepare_task",
 ]
-
-
-#: ``json.dumps(value, cls=JSONEncoder)`` builds this same encoder for every call.
-_JSON_ENCODER = JSONEncoder()
-
-
-def json_text(value: Any) -> str:
-    """``kombu.utils.json.dumps(value)``, without building an encoder per call."""
-    return _JSON_ENCODER.encode(value)
-
-
-@dataclass
-class TaskRequest:
-    """One task to send with :meth:`CeleryClient.submit_many`."""
-
-    task_name: str
-    args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    task_id: str | None = None
-    queue: str | None = None
-    priority: int | None = None
-    countdown: float | None = None
-    eta: datetime | None = None
-    expires: float | datetime | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,10 +229,10 @@ class _JsonTemplate:
     """
 
     def __init__(self, value: Any, holes: Mapping[str, str]) -> None:
-        text = _JSON_ENCODER.encode(value)
+        text = json_text(value)
         found = []
         for name, sentinel in holes.items():
-            encoded = _JSON_ENCODER.encode(sentinel)
+            encoded = json_text(sentinel)
             if text.count(encoded) != 1:
                 raise ValueError(f"hole {name!r} is not in the template exactly once")
             found.append((text.index(encoded), len(encoded), name))
@@ -415,7 +390,7 @@ class MessageFactory:
 
     def _from_template(self, template: _Template, request: TaskRequest) -> tuple[str, list[Command]]:
         app = self.app
-        encode = _JSON_ENCODER.encode
+        encode = json_text
         task_id = request.options.get("task_id") or uuid()
         args, kwargs = request.args or (), request.kwargs or {}  # as Celery's as_task_v2 does
         argsrepr = _EMPTY_REPR.get(type(args)) if not args else None
