@@ -1,15 +1,33 @@
 """A reusable Celery client for FastAPI services: at-least-once delivery on Redis, one
 0 (lowest) .. 9 (highest) priority scale on every broker, a dynamic Redis-backed beat
-schedule (RedBeat), durable revokes and worker lifecycle hooks with a long-lived
-event loop per worker process.
+schedule (RedBeat), durable revokes, dead letters and worker lifecycle hooks with a
+long-lived event loop per worker process. Imports nothing from ``internal/``.
 
-Imports nothing from ``internal/``.
+Layout (each part declares what it needs in its constructor; none imports the façade):
+
+- ``_client``: :class:`CeleryClient`, the façade. Builds the app, wires the parts,
+  checks the client is open and delegates.
+- ``_conf``: Celery's settings for at-least-once delivery; ``_options``: this
+  package's own settings (typed ``Options``, stored as ``tasksys_*`` keys).
+- ``_validation`` (request checks bound to an app) over ``_limits`` (pure bounds and
+  name rules); ``_request``: :class:`TaskRequest`.
+- ``_publish`` (sync sending) over ``_fastpath`` (the messages ``send_task`` builds,
+  pipelined) and ``_taskids`` (caller ids as idempotency keys); ``_async`` (the same
+  on redis.asyncio, one publisher and result reader per loop); ``_canvas`` (workflows).
+- ``_results`` (states, results, revokes), ``_periodic`` (the schedule store, over
+  ``_beat`` and ``_schedules``), ``_deadletter``, ``_operations`` (queues, ping).
+- ``_redis``: every Redis client the parts use (a caller may pass its own).
+- ``_errors``: the exception tree and the one translation of connection errors.
+- ``_compat``: every private Celery/kombu/billiard/RedBeat name, pinned by tests.
+- ``_task`` (the task base class), ``_loop`` (the per-process event loop), and the
+  worker side: ``_worker``, ``_transport``, ``_backend``.
 """
 
 from ._beat import RedisScheduler, ScheduleEntry
 from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient, public_state
 from ._errors import (
     BrokerUnavailableError,
+    ClientClosedError,
     DeadLetterNotFoundError,
     DeadLetterNotResubmittableError,
     InvalidArgumentsError,
@@ -57,6 +75,7 @@ __all__ = [
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",
+    "ClientClosedError",
     "DeadLetterNotFoundError",
     "DeadLetterNotResubmittableError",
     "EventLoopThread",

@@ -1,5 +1,7 @@
-"""The ``async`` side of the client, one instance per event loop: publishing the same
-messages as ``send_task`` with redis.asyncio, and reading or waiting for results.
+"""The ``async`` side of the client: publishing the same messages as ``send_task`` with
+redis.asyncio, and reading or waiting for results, one set of connections per event
+loop. It is built from the client's parts (validation, claims, the sync publisher, the
+Redis factory) and never imports the client.
 
 Blocking work (kombu connects when a channel is made, and declares queues) runs in a
 thread; everything on the hot path is non-blocking.
@@ -10,95 +12,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio
 from celery import Celery, states
 from kombu.common import maybe_declare
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from kombu.utils.uuid import uuid
 
-from ._fastpath import MessageFactory
-from ._options import options_of
+from ._conf import is_redis_url
+from ._errors import unreachable
+from ._publish import ChannelPublisher, Publisher
+from ._redis import RedisClients
 from ._request import TaskRequest
+from ._results import Results, public_state
 
-if TYPE_CHECKING:
-    from ._client import CeleryClient
-
-__all__ = ["AsyncPublisher", "AsyncResults", "SyncPublisher"]
+__all__ = ["AsyncClient", "AsyncPublisher", "AsyncResults"]
 
 logger = logging.getLogger(__name__)
 
 
-def _pool(client: CeleryClient, url: str) -> redis.asyncio.BlockingConnectionPool:
-    """Bounded, and a burst waits (up to 2 s) for a free connection instead of failing.
+class AsyncPublisher(ChannelPublisher):
+    """A :class:`ChannelPublisher` (made in a thread, as it connects) plus a
+    redis.asyncio client to write the messages with."""
 
-    Pooled connections go stale when Redis restarts (or kills clients, or a proxy drops
-    idle ones): a command that meets a dead connection is retried once, at once, on a
-    fresh one. Only connection errors are retried: a timeout means Redis is slow, and
-    waiting twice would double the wait. So a stale connection costs a reconnect, not a
-    503, and a Redis that is really down still fails within a connect attempt or two.
-    (No ``health_check_interval`` here: its per-command bookkeeping cost the API about
-    a tenth of its submit throughput, and the retry already covers a dead connection.)
-    """
-    transport = client.app.conf.broker_transport_options or {}
-    return redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=options_of(client.app).async_max_connections,
-        timeout=2,
-        socket_connect_timeout=transport.get("socket_connect_timeout", 2),
-        socket_timeout=transport.get("socket_timeout", 10),
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-        retry_on_error=[redis.exceptions.ConnectionError],
-    )
-
-
-class SyncPublisher:
-    """A long-lived kombu connection and channel plus the message templates built on
-    it; ``lock`` guards building, the channel's client is thread-safe for writing."""
-
-    def __init__(self, app: Celery) -> None:
-        self.connection = app.connection_for_write()
-        self.producer = app.amqp.Producer(self.connection)
-        self.factory = MessageFactory(app, self.producer)
-        self.channel = self.producer.channel
-        self.lock = threading.Lock()
-
-    def close(self) -> None:
-        """Release the connection."""
-        self.connection.release()
-
-
-class AsyncPublisher(SyncPublisher):
-    """A :class:`SyncPublisher` (made in a thread, as it connects) plus a redis.asyncio
-    client to write the messages with."""
-
-    def __init__(self, client: CeleryClient) -> None:
-        super().__init__(client.app)
-        self.client = client
+    def __init__(
+        self, app: Celery, resolve_queue: Callable[[str, str | None], str], client: redis.asyncio.Redis
+    ) -> None:
+        super().__init__(app)
+        self.app = app
+        self.resolve_queue = resolve_queue
+        self.url = str(app.conf.broker_url)
+        self.redis = client
         self._declared_queues: set[str] = set()
-        self.redis = redis.asyncio.Redis(connection_pool=_pool(client, client.broker_url))
-        self.declare(client.app.amqp.default_queue)
+        self.declare(app.amqp.default_queue)
 
     def declare(self, queue: Any) -> None:
         """Declare a queue once, through kombu's declared-entities cache, so building
-        its messages later does no I/O (blocking: call it from a thread)."""
+        its messages later does no I/O (blocking: call it from a thread, never the loop)."""
         with self.lock:
             if queue.name not in self._declared_queues:
                 maybe_declare(queue, self.channel)  # type: ignore[no-untyped-call]
                 self._declared_queues.add(queue.name)
 
     async def send(self, request: TaskRequest) -> str:
-        """Publish one validated request (one MULTI/EXEC); its task id."""
-        queue_name = self.client.resolve_queue(request.task_name, request.options.get("queue"))
+        """Publish one validated request (one MULTI/EXEC); its task id. Building takes
+        no lock: only this loop builds with this publisher, and only after its queue is
+        declared, so building does no I/O."""
+        queue_name = self.resolve_queue(request.task_name, request.options.get("queue"))
         if queue_name not in self._declared_queues:
-            await asyncio.to_thread(self.declare, self.client.app.amqp.queues[queue_name])
-        with self.lock:
-            task_id, commands = self.factory.build(request)
-        with self.client._unreachable(f"could not send task {request.task_name!r}"):
+            await asyncio.to_thread(self.declare, self.app.amqp.queues[queue_name])
+        task_id, commands = self.factory.build(request)
+        with unreachable(f"could not send task {request.task_name!r}", self.url):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, args in commands:
                     getattr(pipe, name)(*args)
@@ -122,12 +89,10 @@ class AsyncResults:
 
     recheck_interval = 1.0
 
-    def __init__(self, client: CeleryClient) -> None:
-        self.client = client
-        self.backend = client.app.backend
-        self.redis = redis.asyncio.Redis(
-            connection_pool=_pool(client, client.backend_url or client.broker_url)
-        )
+    def __init__(self, app: Celery, client: redis.asyncio.Redis) -> None:
+        self.backend = app.backend
+        self.url = str(app.conf.broker_url)
+        self.redis = client
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[bytes, set[asyncio.Future[dict[str, Any]]]] = {}
@@ -136,7 +101,7 @@ class AsyncResults:
     async def metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored metadata per id, ``{"status": "PENDING"}`` when none (one MGET)."""
         keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        with self.client._unreachable("could not read task states"):
+        with unreachable("could not read task states", self.url):
             values = await self.redis.mget(keys)
         return {
             task_id: self.backend.decode_result(raw) if raw else {"status": states.PENDING}
@@ -240,3 +205,124 @@ class AsyncResults:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self._pubsub.aclose()
         await self.redis.aclose()
+
+
+class AsyncClient:
+    """The ``async`` methods of :class:`CeleryClient`, one publisher and one result
+    reader per event loop (made on first use, closed by :meth:`aclose`)."""
+
+    def __init__(
+        self, app: Celery, publisher: Publisher, results: Results, redis_clients: RedisClients
+    ) -> None:
+        self.app = app
+        self.publisher = publisher
+        self.results = results
+        self.redis = redis_clients
+        self.broker_url = str(app.conf.broker_url)
+        self.backend_url: str | None = app.conf.result_backend
+        self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPublisher] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncResults] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._making: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def submit(self, request: TaskRequest) -> str:
+        """Validate, claim the caller's id, send without blocking the loop; the task id."""
+        validated = self.publisher.validator.validated(request)
+        return await self._send(validated, claim=True)
+
+    async def _send(self, request: TaskRequest, *, claim: bool) -> str:
+        claims = self.publisher.claims
+        claimed = await claims.claim_async([request], self._reader().redis) if claim else []
+        try:
+            return await self._publish(request)
+        except BaseException:
+            if claimed:
+                await asyncio.to_thread(claims.release, claimed)
+            raise
+
+    async def _publish(self, request: TaskRequest) -> str:
+        if not self.publisher.fast_path_ok([request]):
+            return await asyncio.to_thread(self.publisher.send_task, request)
+        loop = asyncio.get_running_loop()
+        publisher = self._publishers.get(loop)
+        if publisher is None:
+            publisher = await self._first_publisher(loop, request.task_name)
+        return await publisher.send(request)
+
+    async def _first_publisher(self, loop: asyncio.AbstractEventLoop, task_name: str) -> AsyncPublisher:
+        """Make this loop's publisher once: concurrent first sends wait for the one
+        being made instead of each making (and leaking) their own."""
+        lock = self._making.setdefault(loop, asyncio.Lock())
+        async with lock:
+            publisher = self._publishers.get(loop)
+            if publisher is None:
+                client = self.redis.async_client(self.broker_url)
+                try:
+                    with unreachable(f"could not send task {task_name!r}", self.broker_url):
+                        publisher = await asyncio.to_thread(
+                            AsyncPublisher, self.app, self.publisher.validator.resolve_queue, client
+                        )
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self._publishers[loop] = publisher
+        return publisher
+
+    async def submit_and_wait(
+        self, request: TaskRequest, timeout: float, *, claim: bool
+    ) -> tuple[str, dict[str, Any]]:
+        """Send and wait up to ``timeout`` s, listening before sending; id and metadata."""
+        validated = self.publisher.validator.validated(request)
+        task_id = validated.options.get("task_id") or uuid()
+        validated = TaskRequest(
+            validated.task_name,
+            validated.args,
+            validated.kwargs,
+            options={**validated.options, "task_id": task_id},
+        )
+        if not is_redis_url(self.backend_url):
+            await self._send(validated, claim=claim)
+            return task_id, await self.wait(task_id, timeout)
+        meta = await self._reader().wait(task_id, timeout, submit=lambda: self._send(validated, claim=claim))
+        return task_id, meta
+
+    def _reader(self) -> AsyncResults:
+        loop = asyncio.get_running_loop()
+        reader = self._readers.get(loop)
+        if reader is None:
+            url = self.backend_url if is_redis_url(self.backend_url) else self.broker_url
+            reader = self._readers[loop] = AsyncResults(self.app, self.redis.async_client(str(url)))
+        return reader
+
+    async def get_task_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored metadata per id; one MGET on redis.asyncio when results are on Redis."""
+        if not task_ids:
+            return {}
+        if not hasattr(self.app.backend, "get_key_for_task") or not is_redis_url(self.backend_url):
+            return await asyncio.to_thread(self.results.get_task_metas, task_ids)
+        return await self._reader().metas(task_ids)
+
+    async def get_statuses(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """Public statuses per id."""
+        metas = await self.get_task_metas(list(dict.fromkeys(task_ids)))
+        return {task_id: public_state(meta.get("status")) for task_id, meta in metas.items()}
+
+    async def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` s for the task without blocking the loop; its metadata."""
+        if not is_redis_url(self.backend_url):
+            return (await asyncio.to_thread(self.results.get_task_metas, [task_id]))[task_id]
+        return await self._reader().wait(task_id, timeout)
+
+    async def aclose(self) -> None:
+        """Close this loop's publisher and result reader."""
+        loop = asyncio.get_running_loop()
+        self._making.pop(loop, None)
+        for registry in (self._publishers, self._readers):
+            side = registry.pop(loop, None)
+            if side is not None:
+                await side.aclose()

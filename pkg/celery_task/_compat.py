@@ -19,6 +19,21 @@ from typing import Any
 
 from kombu import connection as kombu_connection
 
+# == Redis clients (RedBeat) ===========================================================
+#
+# - RedBeat keeps its client on the app (``redbeat.schedulers.REDBEAT_REDIS_KEY``) and
+#   wraps it for beat's retry period with the private ``_set_redbeat_connect``; there is
+#   no public way to hand it a client. :func:`use_redbeat_client` does both, so a
+#   caller's client serves the schedule store as RedBeat's own would.
+
+
+def use_redbeat_client(app: Any, client: Any, retry_period: float | None) -> None:
+    """Make RedBeat (and so every part using the state Redis) use ``client`` for ``app``."""
+    from redbeat import schedulers
+
+    schedulers._set_redbeat_connect(app, schedulers.REDBEAT_REDIS_KEY, client, retry_period)
+
+
 # == Worker: consumer, transport, pool ================================================
 #
 # - kombu's Redis channel ``_brpop_read`` parses the popped message (``loads``) before

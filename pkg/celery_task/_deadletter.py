@@ -11,19 +11,34 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback as tb
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from celery import Celery, signals
 from kombu.utils.uuid import uuid
 
+from ._errors import DeadLetterNotFoundError, DeadLetterNotResubmittableError, unreachable
 from ._options import options_of
+from ._redis import clients_for
+from ._request import TaskRequest
+from ._validation import check_page
 
-__all__ = ["DEAD_LETTER_REASONS", "MAX_TEXT", "DeadLetters", "dead_letters_for", "record_task_failure"]
+if TYPE_CHECKING:
+    from ._publish import Publisher
+
+__all__ = [
+    "DEAD_LETTER_REASONS",
+    "MAX_TEXT",
+    "DeadLetterQueue",
+    "DeadLetters",
+    "connect_failure_recorder",
+    "dead_letters_for",
+    "record_task_failure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +124,10 @@ class DeadLetters:
         return bool(removed or deleted)
 
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
-
-
 def dead_letters_for(app: Celery, client: redis.Redis | None = None) -> DeadLetters:
-    """The dead-letter list configured on ``app`` (one Redis client per process)."""
+    """The dead-letter list configured on ``app`` (on its state Redis unless ``client``)."""
     options = options_of(app)
-    if client is None:
-        key = (os.getpid(), options.redis_url)
-        if key not in _clients:
-            _clients[key] = redis.Redis.from_url(
-                options.redis_url, socket_connect_timeout=2, socket_timeout=5
-            )
-        client = _clients[key]
-    return DeadLetters(client, options.key_prefix, options.dead_letter_max)
+    return DeadLetters(client or clients_for(app).state(), options.key_prefix, options.dead_letter_max)
 
 
 def _text(value: Any) -> str:
@@ -168,9 +173,10 @@ def record_task_failure(
         logger.error("could not dead-letter failed task %s[%s]", task_name, task_id, exc_info=True)
 
 
-def connect_failure_recorder(app: Celery) -> None:
+def connect_failure_recorder(app: Celery) -> Callable[[], None]:
     """Dead-letter every final failure of ``app``'s tasks (``task_failure`` fires once
-    retries are exhausted or for errors that are not retried, also for hard time limits)."""
+    retries are exhausted or for errors that are not retried, also for hard time limits);
+    returns the function that disconnects the receiver again."""
 
     def on_failure(
         sender: Any = None,
@@ -199,3 +205,59 @@ def connect_failure_recorder(app: Celery) -> None:
         )
 
     signals.task_failure.connect(on_failure, weak=False)
+    return lambda: signals.task_failure.disconnect(on_failure)
+
+
+class DeadLetterQueue:
+    """What a caller does with the list: read a page or an entry, re-submit, delete."""
+
+    def __init__(self, app: Celery, publisher: Publisher) -> None:
+        self.app = app
+        self.publisher = publisher
+        self.url = str(app.conf.broker_url)
+
+    def page(self, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        """The total and one page, newest first."""
+        check_page(limit, offset)
+        with unreachable("could not read the dead-letter list", self.url):
+            return dead_letters_for(self.app).list(limit=limit, offset=offset)
+
+    def get(self, entry_id: str) -> dict[str, Any]:
+        """One entry, or :class:`DeadLetterNotFoundError`."""
+        with unreachable("could not read the dead-letter list", self.url):
+            entry = dead_letters_for(self.app).get(entry_id)
+        if entry is None:
+            raise DeadLetterNotFoundError(entry_id)
+        return entry
+
+    def resubmit(self, entry_id: str) -> str:
+        """Claim the entry atomically (one of concurrent callers wins), send its task
+        again under its id, and put the entry back if the send fails; the task id."""
+        entry = self.get(entry_id)
+        if not entry.get("resubmittable") or not entry.get("task"):
+            raise DeadLetterNotResubmittableError(entry_id, f"it was recorded as {entry.get('reason')!r}")
+        request = self.publisher.validator.validated(
+            TaskRequest(
+                entry["task"],
+                entry.get("args") or [],
+                entry.get("kwargs") or {},
+                entry.get("task_id") or None,
+                entry.get("queue") or None,
+            )
+        )
+        store = dead_letters_for(self.app)
+        with unreachable("could not update the dead-letter list", self.url):
+            claimed = store.claim(entry_id)
+        if claimed is None:
+            raise DeadLetterNotFoundError(entry_id)
+        try:
+            return self.publisher.republish(request)
+        except BaseException:
+            with unreachable("could not restore the dead-letter entry", self.url):
+                store.restore(claimed)
+            raise
+
+    def delete(self, entry_id: str) -> bool:
+        """Remove an entry; ``False`` if there was none."""
+        with unreachable("could not update the dead-letter list", self.url):
+            return dead_letters_for(self.app).remove(entry_id)

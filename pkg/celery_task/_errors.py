@@ -15,13 +15,26 @@ The tree::
     ├── DeadLetterNotResubmittableError          the entry has no task to send again (undecodable)
     ├── BrokerUnavailableError                   broker/backend unreachable; nothing half-sent
     │   └── StoreFullError                       Redis refuses writes (out of memory)
-    └── ResultTimeoutError (also TimeoutError)   get_result waited longer than asked
+    ├── ResultTimeoutError (also TimeoutError)   get_result waited longer than asked
+    └── ClientClosedError                        the client was closed; make a new one
+
+:func:`unreachable` turns the connection errors of kombu and redis-py into
+:class:`BrokerUnavailableError` / :class:`StoreFullError`, for every part alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import kombu.exceptions
+import redis
+from kombu.utils.url import maybe_sanitize_url
+
 __all__ = [
+    "BROKER_ERRORS",
     "BrokerUnavailableError",
+    "ClientClosedError",
     "DeadLetterNotFoundError",
     "DeadLetterNotResubmittableError",
     "InvalidArgumentsError",
@@ -35,6 +48,8 @@ __all__ = [
     "TaskIdInUseError",
     "TaskSystemError",
     "UnknownTaskError",
+    "refuses_writes",
+    "unreachable",
 ]
 
 
@@ -146,3 +161,64 @@ class ResultTimeoutError(TaskSystemError, TimeoutError):
         super().__init__(f"task {task_id} did not finish within {timeout} s")
         self.task_id = task_id
         self.timeout = timeout
+
+
+class ClientClosedError(TaskSystemError):
+    """The client was closed; its connections are gone, so it sends and reads nothing."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is closed: it cannot be used after close(); create a new client")
+
+
+#: What "cannot reach the broker or backend" looks like from kombu and redis-py.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@contextmanager
+def unreachable(what: str, url: str | None) -> Iterator[None]:
+    """Turn "cannot reach Redis/the broker" into :class:`BrokerUnavailableError` and
+    "Redis refuses writes for lack of memory" into :class:`StoreFullError` (``what``
+    says what failed; ``url`` is shown without its password)."""
+    try:
+        yield
+    except BROKER_ERRORS as exc:
+        raise _unavailable(what, url, exc) from exc
+    except redis.exceptions.ResponseError as exc:
+        if not refuses_writes(exc):
+            raise
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            raise _unavailable(what, url, exc) from exc
+        raise StoreFullError(
+            f"{what}: Redis at {maybe_sanitize_url(url)} is out of memory and "
+            f"refuses writes ({type(exc).__name__}: {exc}); retry once memory is available"
+        ) from exc
+    except RuntimeError as exc:
+        # Celery's result consumer gives up with a RuntimeError caused by the
+        # connection error; the next call reconnects, so this is not fatal.
+        if isinstance(exc.__cause__, BROKER_ERRORS):
+            raise _unavailable(what, url, exc.__cause__) from exc
+        raise
+
+
+def _unavailable(what: str, url: str | None, exc: BaseException) -> BrokerUnavailableError:
+    return BrokerUnavailableError(
+        f"{what}: broker or result backend unreachable at "
+        f"{maybe_sanitize_url(url)} ({type(exc).__name__}: {exc})"
+    )
+
+
+def refuses_writes(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis answered but will not write: out of memory (``OOM``, also when it aborted a
+    MULTI/EXEC for it), or a read-only replica after a failover."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError | redis.exceptions.ReadOnlyError):
+        return True
+    text = str(exc)
+    return text.startswith(("OOM", "READONLY")) or (
+        isinstance(exc, redis.exceptions.ExecAbortError) and "OOM" in text
+    )

@@ -27,9 +27,11 @@ __all__ = [
     "MAX_ENTRY_NAME_LENGTH",
     "MAX_EXPIRES",
     "MAX_INTERVAL",
+    "MAX_PRIORITY",
     "MAX_QUEUE_NAME_LENGTH",
     "MAX_TASK_ID_LENGTH",
     "MIN_INTERVAL",
+    "MIN_PRIORITY",
     "check_entry_name",
     "check_json_value",
     "check_queue_name",
@@ -41,6 +43,9 @@ __all__ = [
     "shown",
 ]
 
+#: The one priority scale on every broker: 0 (lowest) .. 9 (highest).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
 #: Deepest nesting of lists/dicts in task arguments. Workers pickle a message to hand
 #: it to a pool process, and pickling recurses: a few hundred levels crash it.
 MAX_ARGUMENT_DEPTH = 32

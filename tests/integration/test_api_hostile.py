@@ -155,7 +155,7 @@ def test_concurrent_dead_letter_resubmits_send_once(api: Api, client: Any, stack
         "error": {"type": "RuntimeError", "message": "boom"},
         "resubmittable": True,
     }
-    entry_id = dead_letters_for(client.app, client._state_redis()).record(entry)
+    entry_id = dead_letters_for(client.app).record(entry)
     client.app.backend.store_result(task_id, None, "FAILURE")
     with ThreadPoolExecutor(6) as pool:
         codes = list(

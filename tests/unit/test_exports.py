@@ -24,6 +24,7 @@ EXPECTED = {
     "BaseTask",
     "BrokerUnavailableError",
     "CeleryClient",
+    "ClientClosedError",
     "DeadLetterNotFoundError",
     "DeadLetterNotResubmittableError",
     "EventLoopThread",

@@ -22,7 +22,7 @@ def test_our_transport_uses_its_own_unacked_keys_and_they_are_reserved() -> None
     options = client.app.conf.broker_transport_options
     assert {k: options[k] for k in OURS} == OURS
     assert options["visibility_timeout"] == 30
-    reserved = client._reserved_queue_prefixes
+    reserved = client._parts.validator.reserved_queue_prefixes
     assert {"unacked", "tasksys:", "tasksys:unacked_index"} <= set(reserved)
 
 
@@ -35,7 +35,7 @@ def test_user_overrides_of_the_keys_win() -> None:
     options = client.app.conf.broker_transport_options
     assert options["unacked_index_key"] == "team:idx" and options["unacked_key"] == "tasksys:unacked"
     assert options["visibility_timeout"] == 60
-    assert "team:idx" in client._reserved_queue_prefixes
+    assert "team:idx" in client._parts.validator.reserved_queue_prefixes
 
 
 class _Channel:
