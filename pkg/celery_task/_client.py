@@ -353,18 +353,18 @@ class CeleryClient:
         """Create or replace a schedule entry in Redis; a running beat picks it up within
         about a second. With ``replace=False`` an existing entry is a conflict. Returns
         the entry name; the run history of a replaced entry is kept."""
-        return self._parts.periodic.add(
-            task_name,
-            schedule_type,
-            schedule_value,
-            name=name,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            options=options,
-            enabled=enabled,
-            replace=replace,
-        )
+        spec = {
+            "task_name": task_name,
+            "schedule_type": schedule_type,
+            "schedule_value": schedule_value,
+            "name": name,
+            "args": args,
+            "kwargs": kwargs,
+            "queue": queue,
+            "options": options,
+            "enabled": enabled,
+        }
+        return self._parts.periodic.add_many([spec], replace=replace)[0]
 
     def add_periodic_tasks(self, entries: Iterable[Mapping[str, Any]], *, replace: bool = True) -> list[str]:
         """Create or replace many entries (each a mapping of :meth:`add_periodic_task`'s

@@ -58,40 +58,9 @@ class PeriodicStore:
         stored = self.redis.state().smembers(ensure_conf(self.app).statics_key)
         return set(cast(Iterable[str], stored)) | set(self.beat_schedule)
 
-    def add(
-        self,
-        task_name: str,
-        schedule_type: str,
-        schedule_value: Any,
-        *,
-        name: str | None = None,
-        args: Sequence[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        options: Mapping[str, Any] | None = None,
-        enabled: bool = True,
-        replace: bool = True,
-    ) -> str:
-        """Create or replace a schedule entry in Redis; a running beat picks it up within
-        about a second. With ``replace=False`` an existing entry is a conflict. Returns
-        the entry name; the run history of a replaced entry is kept."""
-        entry = self.build(
-            task_name,
-            schedule_type,
-            schedule_value,
-            name=name,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            options=options,
-            enabled=enabled,
-        )
-        self.store([entry], replace=replace)
-        return str(entry.name)
-
     def add_many(self, entries: Iterable[Mapping[str, Any]], *, replace: bool = True) -> list[str]:
-        """Create or replace many entries (each a mapping of :meth:`add_periodic_task`'s
-        arguments), all validated first and written in pipelined batches."""
+        """Create or replace entries (each a mapping of :meth:`build`'s arguments), all
+        validated first, then written in pipelined batches; their names."""
         built = [self.build(**spec) for spec in entries]
         names = [str(entry.name) for entry in built]
         if len(set(names)) != len(names):
