@@ -27,9 +27,10 @@ from celery.schedules import schedstate
 from celery.schedules import schedule as interval_schedule
 from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
 from redbeat.decoder import RedBeatJSONEncoder
-from redbeat.schedulers import REDBEAT_REDIS_KEY, ensure_conf, get_redis
+from redbeat.schedulers import ensure_conf, get_redis
 from redis.exceptions import LockError
 
+from ._compat import forget_redbeat_client, schedule_entry
 from ._options import options_of
 from ._schedules import is_once
 
@@ -60,9 +61,10 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
 
     @property
     def due_at(self) -> datetime | None:
-        """When the entry is next due. Celery's ``remaining_estimate`` counts from now,
-        so the due time is now + remaining (RedBeat adds it to ``last_run_at``)."""
-        now = self._default_now()
+        """When the entry is next due, to the millisecond. Not RedBeat's: Celery's
+        ``remaining_estimate`` counts from now, so the due time is now + remaining
+        (RedBeat adds it to ``last_run_at``, which puts a late entry in the future)."""
+        now = self.default_now()
         if self.last_run_at is None:
             return now  # type: ignore[no-any-return]
         remaining = self.schedule.remaining_estimate(self.last_run_at)
@@ -71,12 +73,14 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         return _round_to_ms(now + max(remaining, timedelta(0)))
 
     def save(self, pipe: Any = None) -> ScheduleEntry:
-        """Store the entry (definition, first run history, due index), in ``pipe`` if
-        given (for bulk writes) or in one transaction. Same fields as RedBeat writes."""
+        """Store the entry (definition, first run history, due index): RedBeat's own
+        ``save`` (one transaction), or into the caller's ``pipe`` for bulk writes.
+
+        RedBeat's ``save`` opens and executes a pipeline of its own, so the ``pipe``
+        branch writes the same three commands itself (``test_compat_beat`` checks they
+        stay the same as RedBeat's)."""
         if pipe is None:
-            with get_redis(self.app).pipeline() as own:
-                self.save(own)
-                own.execute()
+            super().save()
             return self
         definition = {
             "name": self.name,
@@ -98,16 +102,18 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
             return -1
         return float(super().score)
 
-    def _next_instance(
+    def next(
         self, last_run_at: datetime | None = None, only_update_last_run_at: bool = False
     ) -> ScheduleEntry:
+        """RedBeat's next entry (run history stored), run from the due time of an
+        interval entry that is on schedule rather than from now, so it does not drift."""
         if last_run_at is None:
             last_run_at = self._due_time_if_on_schedule()
-        return super()._next_instance(  # type: ignore[no-any-return]
+        return super().next(  # type: ignore[no-any-return]
             last_run_at=last_run_at, only_update_last_run_at=only_update_last_run_at
         )
 
-    __next__ = next = _next_instance
+    __next__ = next
 
     def is_due(self) -> Any:
         """Celery answers "due, next check in one full interval" from *now*, so every
@@ -116,7 +122,7 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         if state.is_due:
             due = self._due_time_if_on_schedule()
             if due is not None:
-                remaining = due + self.schedule.run_every - self._default_now()
+                remaining = due + self.schedule.run_every - self.default_now()
                 return schedstate(True, max(remaining.total_seconds(), 0.0))
         return state
 
@@ -126,7 +132,7 @@ class ScheduleEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         if type(sched) is not interval_schedule or last is None or last.tzinfo is None:
             return None
         due = last + sched.run_every
-        lateness = self._default_now() - due
+        lateness = self.default_now() - due
         if timedelta(0) <= lateness < sched.run_every:
             return due  # type: ignore[no-any-return]
         return None
@@ -152,14 +158,18 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
             options["retry_period"] = options_of(app).beat_redis_retry_period
             options.pop("retry", None)
             conf.redbeat_redis_options = options
-            setattr(app, REDBEAT_REDIS_KEY, None)
+            forget_redbeat_client(app)
         super().__init__(app, *args, **kwargs)
 
     def update_from_dict(self, dict_: dict[str, Any]) -> None:
-        """Store static entries, keeping the stored enabled flag and run history."""
+        """RedBeat's store of the static entries, given entries that also keep the stored
+        ``enabled`` flag and run count (RedBeat keeps only ``last_run_at``, so it would
+        re-enable an entry an operator disabled). An invalid entry is logged and left
+        out; RedBeat's would stop beat when an entry of that name is already stored."""
+        entries = {}
         for name, definition in dict_.items():
             try:
-                entry = self._maybe_entry(name, definition)
+                entry = schedule_entry(self, name, definition)
             except Exception:
                 logger.exception("beat: static entry %r is invalid and was not stored", name)
                 continue
@@ -168,10 +178,10 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
             except KeyError:
                 pass
             else:
-                entry.last_run_at = stored.last_run_at
                 entry.total_run_count = stored.total_run_count
                 entry.enabled = stored.enabled
-            entry.save()
+            entries[name] = entry
+        super().update_from_dict(entries)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """RedBeat's tick, surviving Redis outages: while Redis is unreachable nothing is

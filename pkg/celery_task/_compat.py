@@ -200,3 +200,31 @@ def wrap_control_command(name: str, wrap: Callable[[Callable[..., Any]], Callabl
 
 
 # == Beat (RedBeat, Celery schedules) =================================================
+#
+# Everything else beat needs goes through public points: ``ScheduleEntry.default_now``,
+# ``next``/``__next__`` (what ``Scheduler.reserve`` calls), RedBeat's ``save``,
+# ``update_from_dict``, ``from_key`` and ``score``, ``celery.schedules.crontab_parser``
+# for cron fields, and ``RedBeatJSONEncoder`` for a crontab's fields as written.
+# Two private points stay, because nothing public reaches them:
+# - Celery's ``Scheduler._maybe_entry`` turns one ``beat_schedule`` value (a mapping or
+#   an entry) into an entry exactly as ``update_from_dict`` will; the public ``add``
+#   also stores it in ``self.schedule``, which for RedBeat is a read of Redis, and
+#   ``update_from_dict`` gives no way to check one static entry before storing the rest.
+#   :func:`schedule_entry` calls it.
+# - RedBeat's ``get_redis`` builds its client once and caches it on the app under
+#   ``REDBEAT_REDIS_KEY``; there is no call to rebuild it after ``redbeat_redis_options``
+#   changed. :func:`forget_redbeat_client` clears the cache (the name is public, what it
+#   caches is not documented).
+
+
+def schedule_entry(scheduler: Any, name: str, definition: Any) -> Any:
+    """The entry ``scheduler.update_from_dict`` would make of ``beat_schedule[name]``
+    (raises what the entry class raises for an invalid definition)."""
+    return scheduler._maybe_entry(name, definition)
+
+
+def forget_redbeat_client(app: Any) -> None:
+    """Make RedBeat's ``get_redis(app)`` build a new client, from the options set now."""
+    from redbeat.schedulers import REDBEAT_REDIS_KEY
+
+    setattr(app, REDBEAT_REDIS_KEY, None)

@@ -13,8 +13,9 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from celery.schedules import crontab, schedule
+from celery.schedules import crontab, crontab_parser, schedule
 from cron_descriptor import ExpressionDescriptor, Options
+from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedules import rrule
 
 from ._errors import InvalidRequestError, InvalidScheduleError
@@ -36,6 +37,8 @@ _CRON_FIELD_NAMES = tuple(name for name, _, _ in CRON_FIELDS)
 _MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 #: Furthest ahead a ``once`` entry may be scheduled.
 MAX_ONCE_AHEAD = timedelta(days=10 * 366)
+#: RedBeat's JSON codec; it stores a crontab as the fields it was given, which is what we show.
+_REDBEAT_ENCODER = RedBeatJSONEncoder()
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def _parse_cron(value: Any) -> crontab:
     for name, max_, min_ in CRON_FIELDS:
         spec = fields[name]
         try:
-            expanded[name] = set(crontab._expand_cronspec(spec, max_, min_))
+            expanded[name] = crontab_parser(max_, min_).parse(spec)  # what crontab expands with
         except Exception as exc:  # celery raises ValueError or its ParseException
             raise InvalidScheduleError(
                 f"invalid cron {name} {spec!r}: {exc}", field="schedule_value"
@@ -174,7 +177,8 @@ def describe_schedule(sched: object, *, timezone: str) -> ScheduleInfo:
         when = sched.dtstart.astimezone(ZoneInfo(timezone))
         return ScheduleInfo("once", when.isoformat(), f"once at {when:%Y-%m-%d %H:%M:%S} ({timezone})")
     if isinstance(sched, crontab):
-        expr = " ".join(str(getattr(sched, f"_orig_{name}")) for name in _CRON_FIELD_NAMES)
+        stored = _REDBEAT_ENCODER.default(sched)  # the fields as the user wrote them
+        expr = " ".join(str(stored[name]) for name in _CRON_FIELD_NAMES)
         return ScheduleInfo("cron", expr, f"{_describe_cron(expr)} ({timezone})")
     if isinstance(sched, schedule):
         seconds = sched.run_every.total_seconds()

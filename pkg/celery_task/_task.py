@@ -1,16 +1,19 @@
-"""The shared base task: transient-error retries, progress reporting, ``async def`` bodies."""
+"""The shared base task: transient errors retried by Celery's own autoretry, progress
+reporting, ``async def`` bodies run on the process's event loop."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-import random
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
 import celery
 import redis.exceptions
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ._loop import run_coroutine
@@ -30,15 +33,21 @@ class PermanentError(Exception):
     """Raise from a task to fail at once: never retried, whatever its cause."""
 
 
-class BaseTask(celery.Task):  # type: ignore[misc]
-    """Base of every task: retries transient errors with capped exponential backoff and
-    jitter, reports progress, and runs ``async def`` bodies on the process's event loop.
+#: Marks a ``run`` that :func:`_finishing_awaitables` made, so it is wrapped only once.
+_FINISHES_AWAITABLES = "__tasksys_finishes_awaitables__"
 
-    Soft and hard time limits come from the app's ``task_soft_time_limit`` and
-    ``task_time_limit``; a task may override them with its own options.
+
+class BaseTask(celery.Task):  # type: ignore[misc]
+    """Base of every task: Celery's autoretry for transient errors, ``PermanentError``
+    never retried, progress reports, and ``async def`` bodies run on the process's loop.
+
+    The retry options are Celery's and mean what Celery documents (``autoretry_for``,
+    ``dont_autoretry_for``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``,
+    ``max_retries``, ``retry_kwargs``); only the defaults differ. Soft and hard time
+    limits come from the app's ``task_soft_time_limit`` and ``task_time_limit``.
     """
 
-    #: Errors retried automatically; anything else fails the task at once.
+    #: The errors retried unless a task sets ``autoretry_for``; a subclass may extend it.
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
         TransientError,
         ConnectionError,
@@ -48,63 +57,90 @@ class BaseTask(celery.Task):  # type: ignore[misc]
         redis.exceptions.OutOfMemoryError,
         KombuOperationalError,
     )
+    #: Celery's: the errors retried automatically (by default ``transient_errors``).
+    autoretry_for: ClassVar[tuple[type[BaseException], ...]] = transient_errors
+    #: Celery's: errors never retried, even when they match ``autoretry_for``.
+    dont_autoretry_for: ClassVar[tuple[type[BaseException], ...]] = (PermanentError,)
     max_retries = 3
-    #: Fixed delay between retries in seconds; ``None`` means exponential backoff.
-    retry_countdown: ClassVar[float | None] = None
-    #: First backoff delay in seconds, doubled on each retry, capped at ``retry_backoff_max``.
-    retry_backoff: ClassVar[float] = 2.0
-    retry_backoff_max: ClassVar[float] = 300.0
-    #: Spread retries of many failed tasks over [delay/2, delay] so they do not stampede.
+    #: Celery's: exponential backoff with factor 2 s (2, 4, 8, … s), whole seconds.
+    retry_backoff: ClassVar[bool | int] = 2
+    #: Celery's: no backoff delay longer than this many (whole) seconds.
+    retry_backoff_max: ClassVar[int] = 300
+    #: Celery's "full jitter": each delay is drawn from 0 to the backoff delay.
     retry_jitter: ClassVar[bool] = True
+    #: Ours: a fixed delay in seconds (sub-second allowed) instead of backoff; setting it
+    #: is short for Celery's ``retry_backoff=False, default_retry_delay=<it>``.
+    retry_countdown: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Set up each task class before Celery wraps ``run`` with its autoretry."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        cls.run = _finishing_awaitables(inspect.getattr_static(cls, "run"))
+        if "transient_errors" in own and "autoretry_for" not in own:
+            cls.autoretry_for = own["transient_errors"]
+        if own.get("retry_countdown") is not None:
+            if "retry_backoff" in own:
+                raise TypeError(f"task {cls.__name__}: give retry_countdown or retry_backoff, not both")
+            cls.retry_backoff = False
+            cls.default_retry_delay = own["retry_countdown"]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The worker's tracer has already pushed this request's context; not calling
         # celery.Task.__call__ keeps it (that one would push a context without the id).
         self.request.started_at = time.time()
+        return self.run(*args, **kwargs)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Celery's ``retry``, plus: a ``PermanentError`` is raised instead of retried; a
+        warning names the error and when the retry runs; and a retry that cannot be
+        published (broker down) puts the message back in the queue rather than drop it."""
+        if isinstance(exc, PermanentError):
+            raise exc
         try:
-            result = self.run(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = run_coroutine(_await(result))
-            return result
-        except PermanentError:
+            sent = super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        except Retry as retry:
+            self._log_retry(retry, max_retries)
             raise
-        except self.transient_errors as exc:
-            if self.request.called_directly:
+        except Reject as rejected:
+            # Celery rejects *without* requeue when it cannot publish the retry: the task
+            # would be dropped. Keep the message instead.
+            if rejected.requeue:
                 raise
-            countdown = self.retry_delay(self.request.retries)
             logger.warning(
-                "task %s[%s] hit a transient error (%s: %s); retry %d/%s in %.1f s",
+                "task %s[%s]: could not schedule the retry (%s); returning it to the queue",
                 self.name,
                 self.request.id,
-                type(exc).__name__,
-                exc,
-                self.request.retries + 1,
-                self.max_retries,
-                countdown,
+                rejected.reason,
             )
-            try:
-                raise self.retry(exc=exc, countdown=countdown) from exc
-            except Reject as rejected:
-                # Celery rejects *without* requeue when it cannot publish the retry
-                # (broker down): the task would be dropped. Keep the message instead.
-                if rejected.requeue:
-                    raise
-                logger.warning(
-                    "task %s[%s]: could not schedule the retry (%s); returning it to the queue",
-                    self.name,
-                    self.request.id,
-                    rejected.reason,
-                )
-                raise Reject(rejected.reason, requeue=True) from exc
+            raise Reject(rejected.reason, requeue=True) from rejected
+        if isinstance(sent, Retry):
+            self._log_retry(sent, max_retries)
+        return sent
 
-    def retry_delay(self, retries: int) -> float:
-        """Seconds to wait before retry number ``retries + 1``."""
-        if self.retry_countdown is not None:
-            return float(self.retry_countdown)
-        delay = float(min(self.retry_backoff_max, self.retry_backoff * (2**retries)))
-        if self.retry_jitter:
-            delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
-        return delay
+    def _log_retry(self, retry: Retry, max_retries: int | None) -> None:
+        exc = retry.exc
+        when = retry.when
+        logger.warning(
+            "task %s[%s] failed (%s: %s); retry %d/%s %s",
+            self.name,
+            self.request.id,
+            type(exc).__name__ if isinstance(exc, BaseException) else "Retry",
+            exc,
+            self.request.retries + 1,
+            self.max_retries if max_retries is None else max_retries,
+            f"in {when:.1f} s" if isinstance(when, int | float) else f"at {when}",
+        )
 
     def report_progress(
         self, current: int | float, total: int | float | None = None, message: str | None = None
@@ -113,6 +149,26 @@ class BaseTask(celery.Task):  # type: ignore[misc]
         if not self.request.id or self.request.called_directly:
             return
         self.update_state(state=PROGRESS, meta={"current": current, "total": total, "message": message})
+
+
+def _finishing_awaitables(run: Any) -> Any:
+    """``run`` made to await what it returns on the process's event loop when that is
+    awaitable (an ``async def`` body), so Celery's autoretry around it sees its errors."""
+    if isinstance(run, staticmethod):
+        return staticmethod(_finishing_awaitables(run.__func__))
+    if getattr(run, _FINISHES_AWAITABLES, False) or not callable(run):
+        return run
+    body: Callable[..., Any] = run
+
+    @functools.wraps(body)
+    def finishing(*args: Any, **kwargs: Any) -> Any:
+        result = body(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return run_coroutine(_await(result))
+        return result
+
+    setattr(finishing, _FINISHES_AWAITABLES, True)
+    return finishing
 
 
 async def _await(awaitable: Any) -> Any:

@@ -61,7 +61,7 @@ def sleep(self: BaseTask, seconds: float, key: str | None = None) -> float:
     return seconds
 
 
-@app.task(name="tests.flaky", bind=True, public=True, retry_backoff=0.2, retry_backoff_max=0.5, max_retries=5)
+@app.task(name="tests.flaky", bind=True, public=True, retry_countdown=0.2, max_retries=5)
 def flaky(self: BaseTask, key: str, failures: int) -> int:
     """Fail with a transient error ``failures`` times, then succeed with the attempt count."""
     attempt = int(test_redis().incr(key))
@@ -144,9 +144,7 @@ def leak(self: BaseTask, megabytes: int, key: str) -> int:
     return os.getpid()
 
 
-@app.task(
-    name="tests.always_fails", bind=True, public=True, retry_backoff=0.1, retry_backoff_max=0.2, max_retries=2
-)
+@app.task(name="tests.always_fails", bind=True, public=True, retry_countdown=0.1, max_retries=2)
 def always_fails(self: BaseTask, note: str) -> None:
     """A transient error that never clears: retried, then dead-lettered."""
     raise TransientError(f"still failing: {note}")
