@@ -30,8 +30,9 @@ from redbeat.decoder import RedBeatJSONEncoder
 from redbeat.schedulers import ensure_conf, get_redis
 from redis.exceptions import LockError
 
-from ._compat import forget_redbeat_client, schedule_entry
+from ._compat import schedule_entry
 from ._options import options_of
+from ._redis import clients_for
 from ._schedules import is_once
 
 __all__ = ["RedisScheduler", "ScheduleEntry"]
@@ -158,7 +159,7 @@ class RedisScheduler(RedBeatScheduler):  # type: ignore[misc]
             options["retry_period"] = options_of(app).beat_redis_retry_period
             options.pop("retry", None)
             conf.redbeat_redis_options = options
-            forget_redbeat_client(app)
+            clients_for(app).retry_state_calls(options["retry_period"])
         super().__init__(app, *args, **kwargs)
 
     def update_from_dict(self, dict_: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from redbeat.schedulers import ensure_conf, get_redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._compat import use_redbeat_client
+from ._compat import forget_redbeat_client, use_redbeat_client
 from ._errors import InvalidRequestError
 from ._options import options_of
 
@@ -40,7 +40,17 @@ class RedisClients:
                     field="redis_client",
                 )
             use_redbeat_client(app, given, ensure_conf(app).redbeat_redis_options.get("retry_period"))
-        self.given = client is not None
+            self._given: redis.Redis | None = given
+        else:
+            self._given = None
+
+    def retry_state_calls(self, seconds: float) -> None:
+        """Make state-Redis calls of this process retry for ``seconds`` through an
+        outage (beat does; producers fail fast), keeping a caller's client if given."""
+        if self._given is not None:
+            use_redbeat_client(self.app, self._given, seconds)
+        else:
+            forget_redbeat_client(self.app)  # RedBeat rebuilds it from the options now set
 
     def state(self) -> redis.Redis:
         """The state Redis (the caller's client if one was given)."""
