@@ -68,15 +68,7 @@ from ._limits import (
 from ._options import DEFAULT_MAX_ARGUMENT_BYTES, Options, configure, options_of
 from ._request import TaskRequest, json_text
 from ._schedules import describe_schedule, parse_schedule
-from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
-from ._worker import (
-    DurableRevokes,
-    EventBatching,
-    TimerCompaction,
-    UnackedHeartbeat,
-    WorkerHooks,
-    revoke_store_for,
-)
+from .worker import PRIORITY_STEPS, install, redis_priority_queue_keys, revoke_store_for, worker_conf
 
 __all__ = [
     "CeleryClient",
@@ -226,29 +218,8 @@ def _default_conf(
             "retry": Retry(NoBackoff(), 1),
         },
         "redbeat_lock_timeout": 25,
-        "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
-    if _scheme(broker_url) in _REDIS_SCHEMES:
-        # Our class, with connections that still report a redis:// URL (Flower reads it).
-        conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
-        conf["broker_transport_options"] = {
-            "priority_steps": PRIORITY_STEPS,
-            # A message a dead worker held is back in the queue within visibility
-            # timeout + restore interval (~35 s); live workers refresh theirs
-            # (UnackedHeartbeat), so long and ETA tasks are never handed out twice.
-            "visibility_timeout": 30,
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-            # Our own unacked index: stock Celery workers on the same Redis keep kombu's
-            # default keys (1 h timeout, no heartbeat), which our 30 s sweep must never
-            # restore; LegacyUnackedSweep restores that index as a stock worker would.
-            "unacked_key": "tasksys:unacked",
-            "unacked_index_key": "tasksys:unacked_index",
-            "unacked_mutex_key": "tasksys:unacked_mutex",
-            "socket_connect_timeout": 2,
-            "socket_timeout": 10,
-            "health_check_interval": _HEALTH_CHECK_INTERVAL,
-        }
+    conf.update(worker_conf(redis_broker=_scheme(broker_url) in _REDIS_SCHEMES))
     return conf
 
 
@@ -408,19 +379,9 @@ class CeleryClient:
             app.conf.update(broker_url=broker_url, result_backend=backend_url, include=list(self.include))
         app.conf.update(conf)
         configure(app, options)
-        # Redis results also record start time and runtime (TimedRedisBackend).
-        app.loader.override_backends = {
-            **app.loader.override_backends,
-            "redis": "pkg.celery_task._backend:TimedRedisBackend",
-            "rediss": "pkg.celery_task._backend:TimedRedisBackend",
-        }
-        app.steps["consumer"].add(UnackedHeartbeat)
-        app.steps["consumer"].add(DurableRevokes)
-        app.steps["consumer"].add(EventBatching)
-        app.steps["consumer"].add(TimerCompaction)
         ensure_conf(app)  # RedBeat's key names, read once from the conf above
         self.app: Celery = app
-        self._hooks = WorkerHooks(app)
+        self._hooks = install(app)  # bootsteps, TimedRedisBackend for Redis results, hooks
         connect_failure_recorder(app)
         self._registry_loaded = False
         self._closed = False

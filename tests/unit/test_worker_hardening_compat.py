@@ -11,7 +11,7 @@ from celery.worker.worker import WorkController
 from kombu.transport import redis as kombu_redis
 
 from pkg.celery_task import _compat
-from pkg.celery_task._transport import PriorityRedisChannel
+from pkg.celery_task.worker.transport import PriorityRedisChannel
 
 
 def test_kombu_brpop_read_still_has_the_steps_we_reproduce() -> None:
@@ -126,6 +126,7 @@ def test_wrap_control_command_wraps_once_and_keeps_the_metadata() -> None:
     from celery.worker.control import Panel
 
     original, meta = Panel.data["revoke"], Panel.meta["revoke"]
+
     def wrap(handler: Any) -> Any:
         def wrapped(state: Any, task_id: Any = None, **kwargs: Any) -> Any:
             return handler(state, task_id, **kwargs)

@@ -33,7 +33,7 @@ from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-from ._options import options_of
+from .._options import options_of
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
