@@ -7,12 +7,14 @@ import inspect
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import Celery
 from celery import signals as celery_signals
+from celery.app import app_or_default
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from kombu.utils.url import maybe_sanitize_url
@@ -55,18 +57,15 @@ class WorkerHooks:
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
         self._started_pid: int | None = None
-        celery_signals.worker_init.connect(self._on_worker_init, weak=False)
-        celery_signals.worker_process_init.connect(self._on_process_init, weak=False)
-        celery_signals.worker_process_shutdown.connect(self._on_process_shutdown, weak=False)
-        celery_signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
-        celery_signals.after_setup_logger.connect(self._on_setup_logger, weak=False)
-        celery_signals.after_setup_task_logger.connect(self._on_setup_logger, weak=False)
+        _attach(self)
+
+    def disconnect(self) -> None:
+        """Stop receiving Celery's signals (safe twice); the client's ``close()`` calls it."""
+        _detach(self)
 
     def _on_setup_logger(self, logger: logging.Logger | None = None, **_: Any) -> None:
         """Worker and beat logs escape control characters (see :class:`EscapingFormatter`)."""
-        from celery import current_app
-
-        if logger is None or not self._is_ours(current_app._get_current_object()):
+        if logger is None or not self._is_ours(app_or_default()):
             return
         for handler in logger.handlers:
             if not isinstance(handler.formatter, EscapingFormatter):
@@ -97,9 +96,7 @@ class WorkerHooks:
             raise SystemExit(HOOK_FAILED_EXIT)
 
     def _on_process_init(self, **_: Any) -> None:
-        from celery import current_app
-
-        if not self._is_ours(current_app._get_current_object()):
+        if not self._is_ours(app_or_default()):
             return
         if not self._run_startup():
             # Stop the whole worker: a pool that respawns a child whose startup keeps
@@ -188,3 +185,53 @@ def _use_worker_backend_retries(app: Celery) -> None:
 
 def _hook_name(hook: Hook) -> str:
     return getattr(hook, "__qualname__", None) or repr(hook)
+
+
+# Celery's signals hold their receivers for good (``weak=False``). One receiver per
+# signal is connected for the whole process, while some WorkerHooks exists, and passes
+# each signal on to every attached one: clients made and closed in one process (tests,
+# embedders) neither pile up receivers nor keep hooks of closed clients running.
+_attached: list[WorkerHooks] = []
+_attached_lock = threading.Lock()
+
+
+def _receiver(method: str) -> Callable[..., None]:
+    def receive(**kwargs: Any) -> None:
+        for hooks in tuple(_attached):
+            try:
+                getattr(hooks, method)(**kwargs)
+            except Exception:  # one client's receiver failing must not skip the others
+                logger.exception("worker hook receiver %s failed", method)
+
+    receive.__qualname__ = receive.__name__ = f"WorkerHooks.{method}"
+    return receive
+
+
+_RECEIVERS: tuple[tuple[Any, Callable[..., None]], ...] = (
+    (celery_signals.worker_init, _receiver("_on_worker_init")),
+    (celery_signals.worker_process_init, _receiver("_on_process_init")),
+    (celery_signals.worker_process_shutdown, _receiver("_on_process_shutdown")),
+    (celery_signals.worker_shutdown, _receiver("_on_worker_shutdown")),
+    (celery_signals.after_setup_logger, _receiver("_on_setup_logger")),
+    (celery_signals.after_setup_task_logger, _receiver("_on_setup_logger")),
+)
+#: Marks our receivers, so connecting again replaces rather than adds.
+_DISPATCH_UID = "pkg.celery_task.worker.hooks"
+
+
+def _attach(hooks: WorkerHooks) -> None:
+    with _attached_lock:
+        if not _attached:
+            for sig, receive in _RECEIVERS:
+                sig.connect(receive, weak=False, dispatch_uid=(_DISPATCH_UID, receive.__name__))
+        _attached.append(hooks)
+
+
+def _detach(hooks: WorkerHooks) -> None:
+    with _attached_lock:
+        if hooks not in _attached:
+            return
+        _attached.remove(hooks)
+        if not _attached:
+            for sig, receive in _RECEIVERS:
+                sig.disconnect(receive, dispatch_uid=(_DISPATCH_UID, receive.__name__))
