@@ -64,13 +64,16 @@ def test_a_disconnected_client_no_longer_runs_its_hooks(current_app_restored: No
 
 
 def test_install_adds_the_bootsteps_and_the_backend_and_returns_the_hooks() -> None:
-    app = Celery("hooks-install", set_as_current=False)
+    from pkg.celery_task.worker.backend import TimedRedisBackend
+
+    app = Celery("hooks-install", backend="redis://127.0.0.1:1/0", set_as_current=False)
     hooks = install(app)
     try:
         assert isinstance(hooks, WorkerHooks) and hooks.app is app
         assert set(CONSUMER_STEPS) <= set(app.steps["consumer"])
         assert app.loader.override_backends["redis"] == "pkg.celery_task.worker.backend:TimedRedisBackend"
         assert app.loader.override_backends["rediss"] == "pkg.celery_task.worker.backend:TimedRedisBackend"
+        assert type(app.backend) is TimedRedisBackend  # built without connecting
     finally:
         hooks.disconnect()
 

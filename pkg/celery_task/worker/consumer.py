@@ -9,11 +9,10 @@ from typing import Any
 
 import redis
 from celery.exceptions import InvalidTaskError
-from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from .._compat import guard_process_task
+from .._compat import guard_process_task, task_ready
 from .._deadletter import MAX_TEXT, dead_letters_for, error_of
 from .messages import REFUSED_HEADER
 
@@ -56,7 +55,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def _refuse_request(self, request: Any, exc: Exception) -> None:
         """A request the pool did not take: requeue it if Redis or the broker failed,
         otherwise dead-letter it (``unrunnable``) and acknowledge it."""
-        worker_state.task_ready(request)
+        task_ready(request)
         if request.acknowledged:
             logger.error("task %s failed in the worker after its ack", request.id, exc_info=exc)
             return

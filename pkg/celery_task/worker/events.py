@@ -38,7 +38,8 @@ class EventBatching(bootsteps.StartStopStep):  # type: ignore[misc]
 
         def flush() -> None:
             self._pending = False
-            c._flush_events()
+            if c.event_dispatcher is not None:
+                c.event_dispatcher.flush()
 
         def schedule() -> None:
             if not self._pending:

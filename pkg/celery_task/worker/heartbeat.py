@@ -13,6 +13,7 @@ from celery import bootsteps
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import redis as kombu_redis
 
+from .._compat import channel_client, held_tags
 from .._options import options_of
 
 __all__ = ["LegacyUnackedSweep", "UnackedHeartbeat"]
@@ -120,14 +121,14 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
         stop: threading.Event,
         legacy: LegacyUnackedSweep | None = None,
     ) -> None:
-        client = channel._create_client(asynchronous=False)  # type: ignore[no-untyped-call]
+        client = channel_client(channel)
         key = channel.unacked_index_key
         try:
             while not stop.wait(interval):
                 now = time.time()
                 if legacy is not None:
                     legacy.maybe_sweep(now)
-                tags = list(channel.qos._delivered)
+                tags = held_tags(channel.qos)
                 if not tags:
                     continue
                 try:

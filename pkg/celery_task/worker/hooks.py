@@ -19,6 +19,7 @@ from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from kombu.utils.url import maybe_sanitize_url
 
+from .._compat import set_backend_transport_options
 from .._loop import process_loop
 from .._options import configure, options_of
 from .logs import EscapingFormatter
@@ -177,10 +178,7 @@ def _use_worker_backend_retries(app: Celery) -> None:
     options = dict(app.conf.result_backend_transport_options or {})
     options["retry_policy"] = dict(options_of(app).worker_backend_retry_policy)
     app.conf.result_backend_transport_options = options
-    backend = app.backend
-    if hasattr(backend, "_transport_options"):  # Redis backend: copied from the conf when built
-        backend._transport_options = options
-        backend.__dict__.pop("retry_policy", None)  # a cached_property
+    set_backend_transport_options(app.backend, options)  # the Redis backend read it when built
 
 
 def _hook_name(hook: Hook) -> str:

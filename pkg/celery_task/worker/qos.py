@@ -13,7 +13,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
-from .._compat import restore_targets
+from .._compat import held_message, hold_in_memory, raw_payload, release_in_memory, restore_targets
 
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
@@ -78,7 +78,7 @@ class ScriptedQoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
-        payload = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+        payload = dumps([raw_payload(message), delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
 
         def hold() -> None:
             with self.channel.conn_or_acquire() as client:
@@ -89,18 +89,18 @@ class ScriptedQoS(kombu_redis.QoS):
                 )
 
         retry_out_of_memory(f"holding message {delivery_tag}", hold)
-        super(kombu_redis.QoS, self).append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        hold_in_memory(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         self._release(delivery_tag)
-        super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+        release_in_memory(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
             self._requeue(delivery_tag)
         else:
             self._release(delivery_tag)
-        super(kombu_redis.QoS, self).ack(delivery_tag)  # type: ignore[no-untyped-call]
+        release_in_memory(self, delivery_tag)
 
     def _release(self, delivery_tag: str) -> None:
         def release() -> None:
@@ -125,9 +125,9 @@ class ScriptedQoS(kombu_redis.QoS):
         """Put a held message back at the head of its queue and drop it from the unacked
         index, atomically (kombu's version leaves the index entry behind and fails when
         Redis is out of memory)."""
-        message = self._delivered[delivery_tag]
+        message = held_message(self, delivery_tag)
         delivery = message.delivery_info or {}
-        payload = json.loads(json.dumps(message._raw))
+        payload = json.loads(json.dumps(raw_payload(message)))
         exchange, routing_key = delivery.get("exchange"), delivery.get("routing_key")
         targets = restore_targets(self.channel, payload, exchange, routing_key)
         if not targets:

@@ -10,9 +10,8 @@ from typing import Any, cast
 
 import redis
 from celery import Celery, bootsteps
-from celery.worker import state as worker_state
 
-from .._compat import wrap_control_command
+from .._compat import merge_revoked, set_revoke_expiry, wrap_control_command
 from .._limits import MAX_TASK_ID_LENGTH
 from .._options import options_of
 
@@ -102,7 +101,7 @@ class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, c: Any) -> None:
         if self._store is None:
             self._store = revoke_store_for(c.app)
-            worker_state.revoked.expires = self._store.expires
+            set_revoke_expiry(self._store.expires)
         setattr(c, _STORE_ATTR, self._store)
         if not wrap_control_command("revoke", _durable_revoke):
             logger.warning("Celery has no 'revoke' control command; revokes from other tools are not durable")
@@ -119,7 +118,7 @@ class DurableRevokes(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.warning("could not read the shared revoke list: %s", exc)
             return
         if rows:
-            worker_state.merge_revoked([task_id for task_id, _ in rows])
+            merge_revoked(task_id for task_id, _ in rows)
             self._last = rows[-1][1]
 
     def stop(self, c: Any) -> None:

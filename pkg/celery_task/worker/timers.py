@@ -3,10 +3,11 @@ timers do not pile up."""
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 from celery import bootsteps
+
+from .._compat import compact_timer
 
 __all__ = ["TimerCompaction"]
 
@@ -32,15 +33,7 @@ class TimerCompaction(bootsteps.StartStopStep):  # type: ignore[misc]
         if hub is None or self._tref is not None:
             return
         timer = hub.timer
-
-        def compact() -> None:
-            queue = timer._queue
-            live = [item for item in queue if not item.entry.canceled]
-            if len(live) < len(queue):
-                heapq.heapify(live)
-                queue[:] = live
-
-        self._tref = hub.call_repeatedly(self.interval, compact)
+        self._tref = hub.call_repeatedly(self.interval, lambda: compact_timer(timer))
 
     def shutdown(self, c: Any) -> None:
         if self._tref is not None:

@@ -32,7 +32,15 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.json import loads
 
-from .._compat import brpop_done, brpop_reply, report_transport_as
+from .._compat import (
+    brpop_done,
+    brpop_reply,
+    channel_client,
+    channel_pool,
+    deliver,
+    report_transport_as,
+    stock_message_priority,
+)
 from .messages import SafeMessage, refused_payload
 from .qos import ALLOW_OOM, ScriptedQoS, supports_script_flags
 
@@ -61,8 +69,6 @@ class PriorityRedisChannel(kombu_redis.Channel):
 
     QoS = ScriptedQoS
     Message = SafeMessage
-    _pool: Any
-
     _shared_client: redis.Redis | None = None
     _scripts: dict[str, Any] | None = None
 
@@ -85,14 +91,15 @@ class PriorityRedisChannel(kombu_redis.Channel):
             yield client
             return
         shared = self._shared_client
-        if shared is None or shared.connection_pool is not self._pool:
-            if self._pool is None and getattr(self.connection, "client", None) is None:
+        pool = channel_pool(self)
+        if shared is None or shared.connection_pool is not pool:
+            if pool is None and getattr(self.connection, "client", None) is None:
                 # Closing after a lost connection: kombu would rebuild a pool from a
                 # connection that is gone and crash the worker (AttributeError). Report
                 # a connection error, which the close path ignores; the unacked
                 # messages stay in Redis and come back after the visibility timeout.
                 raise redis.ConnectionError("the channel's connection is closed")
-            shared = self._shared_client = self._create_client()  # type: ignore[no-untyped-call]
+            shared = self._shared_client = channel_client(self)
         yield shared
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -111,7 +118,7 @@ class PriorityRedisChannel(kombu_redis.Channel):
                     "refusing an unreadable message from queue %r: %s: %s", queue, type(exc).__name__, exc
                 )
                 payload = refused_payload(item, queue, exc)
-            self.connection._deliver(payload, queue)
+            deliver(self, payload, queue)
             return True
         finally:
             brpop_done(self)
@@ -128,7 +135,7 @@ class PriorityRedisChannel(kombu_redis.Channel):
     def _get_message_priority(self, message: dict[str, Any], reverse: bool = False) -> int:
         """The step a message is filed on (publish and restore): reversed, so 9 is
         polled first, and snapped down to ``priority_filing_steps`` when set."""
-        priority = int(super()._get_message_priority(message, reverse=not reverse))  # type: ignore[no-untyped-call]
+        priority = stock_message_priority(self, message, reverse=not reverse)
         steps = self._filing_steps
         return steps[bisect(steps, priority) - 1] if steps else priority
 
