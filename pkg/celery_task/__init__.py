@@ -56,7 +56,7 @@ from ._loop import EventLoopThread, process_loop, run_coroutine
 from ._request import TaskRequest
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
-from ._transport import STOCK_PRIORITY_STEPS, PriorityRedisTransport
+from .worker import STOCK_PRIORITY_STEPS, PriorityRedisTransport
 
 __all__ = [
     "ENTRY_NAME_PATTERN",

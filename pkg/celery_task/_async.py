@@ -33,6 +33,13 @@ __all__ = ["AsyncClient", "AsyncPublisher", "AsyncResults"]
 
 logger = logging.getLogger(__name__)
 
+#: What the shared pub/sub connection raises when Redis goes away; RuntimeError is
+#: asyncio's "read() called while another coroutine is already waiting" when a
+#: subscribe reconnects while the listener is reading. Waiting then falls back to
+#: re-reading the state, so none of these may reach a caller.
+_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RuntimeError)
+_WAIT_ERRORS: tuple[type[BaseException], ...] = (*_PUBSUB_ERRORS, TimeoutError)
+
 
 class AsyncPublisher(ChannelPublisher):
     """A :class:`ChannelPublisher` (made in a thread, as it connects) plus a
@@ -148,36 +155,36 @@ class AsyncResults:
 
     async def _subscribe(self, key: bytes) -> None:
         ack = self._acks.get(key)
-        if ack is not None:  # another waiter subscribed (or is subscribing) this channel
-            await asyncio.wait_for(asyncio.shield(ack), 2.0)
-            return
-        # Registered before SUBSCRIBE is sent: the listener may see the confirmation first.
-        ack = self._acks[key] = asyncio.get_running_loop().create_future()
         try:
+            if ack is not None:  # another waiter subscribed (or is subscribing) this channel
+                await asyncio.wait_for(asyncio.shield(ack), 2.0)
+                return
+            # Registered before SUBSCRIBE is sent: the listener may see the confirmation first.
+            ack = self._acks[key] = asyncio.get_running_loop().create_future()
             if self._pubsub is None:
                 self._pubsub = self.redis.pubsub()
             await self._pubsub.subscribe(key)  # the first one also connects the listener's socket
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="tasksys-result-listener")
             await asyncio.wait_for(asyncio.shield(ack), 2.0)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except _WAIT_ERRORS as exc:
             # Waiting still works by re-reading the state; it is only slower.
             logger.warning("result listener unavailable (%s); waiting by polling", exc)
 
     async def _unsubscribe(self, key: bytes) -> None:
         self._acks.pop(key, None)
         if self._pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(*_PUBSUB_ERRORS):
                 await self._pubsub.unsubscribe(key)
 
     async def _read(self) -> None:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-            except (redis.RedisError, OSError) as exc:
+            except _PUBSUB_ERRORS as exc:
                 logger.warning("result listener lost its connection (%s); reconnecting", exc)
                 await asyncio.sleep(1.0)
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(*_PUBSUB_ERRORS):
                     if self._waiters:
                         await self._pubsub.subscribe(*self._waiters)
                 continue
@@ -202,7 +209,7 @@ class AsyncResults:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
         if self._pubsub is not None:
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(*_PUBSUB_ERRORS):
                 await self._pubsub.aclose()
         await self.redis.aclose()
 

@@ -34,7 +34,7 @@ from ._request import TaskRequest
 from ._results import TASK_STATES, Results, public_state
 from ._taskids import TaskIdClaims
 from ._validation import Validator, check_json_arguments, check_page
-from ._worker import DurableRevokes, EventBatching, TimerCompaction, UnackedHeartbeat, WorkerHooks
+from .worker import install
 
 __all__ = [
     "MAX_PRIORITY",
@@ -100,7 +100,7 @@ class CeleryClient:
         state_url = ours.pop("redis_url", None) or state_redis_url(broker_url, backend_url)
         options = Options(redis_url=state_url, **ours)
         self.app: Celery = self._build_app(app, options, extra_conf)
-        self._hooks = WorkerHooks(self.app)
+        self._hooks = install(self.app)  # bootsteps, TimedRedisBackend for Redis results, hooks
         self._disconnect_recorder = connect_failure_recorder(self.app)
         self._closed = False
         self.__parts = self._build_parts(redis_client)
@@ -130,16 +130,6 @@ class CeleryClient:
             )
         app.conf.update(conf)
         configure(app, options)
-        # Redis results also record start time and runtime (TimedRedisBackend).
-        app.loader.override_backends = {
-            **app.loader.override_backends,
-            "redis": "pkg.celery_task._backend:TimedRedisBackend",
-            "rediss": "pkg.celery_task._backend:TimedRedisBackend",
-        }
-        app.steps["consumer"].add(UnackedHeartbeat)
-        app.steps["consumer"].add(DurableRevokes)
-        app.steps["consumer"].add(EventBatching)
-        app.steps["consumer"].add(TimerCompaction)
         ensure_conf(app)  # RedBeat's key names, read once from the conf above
         return app
 
@@ -459,5 +449,6 @@ class CeleryClient:
             return
         self._closed = True
         self._disconnect_recorder()
+        self._hooks.disconnect()
         self.__parts.publisher.close()
         self.app.close()

@@ -14,10 +14,15 @@ libraries.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.worker import state as worker_state
 from kombu import connection as kombu_connection
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 
 # == Redis clients (RedBeat) ===========================================================
 #
@@ -57,6 +62,31 @@ def use_redbeat_client(app: Any, client: Any, retry_period: float | None) -> Non
 #   dispatches from the global registry ``celery.worker.control.Panel.data`` (the public
 #   ``@control_command`` writes there) at each call; :func:`wrap_control_command` puts a
 #   wrapper around a registered handler (``revoke``), keeping its registered metadata.
+# - The transport's QoS (``worker.qos``) writes kombu's unacked keys itself, one script
+#   per delivery and per ack, so it cannot call kombu's Redis ``QoS.append``/``ack``
+#   (they would write the same keys again in a MULTI/EXEC, which also fails while Redis
+#   is out of memory). It calls the in-process bookkeeping one layer down, kombu's
+#   public virtual ``QoS.append``/``ack`` (:func:`hold_in_memory`,
+#   :func:`release_in_memory`); what that skips in kombu's Redis QoS is pinned. It
+#   stores kombu's own payload, ``Message._raw`` (:func:`raw_payload`), and reads the
+#   held messages from ``QoS._delivered`` (:func:`held_message`, :func:`held_tags`):
+#   neither has a public accessor.
+# - The channel's clients: kombu's ``Channel._create_client`` (:func:`channel_client`)
+#   also passes the pool's credential provider on, which ``Client(connection_pool=)``
+#   would drop; ``Channel._pool`` (:func:`channel_pool`) is read without building a
+#   pool, which the public ``pool`` property would do on a closed channel.
+# - The channel overrides two private kombu methods: ``_brpop_read`` (see above) and
+#   ``_get_message_priority``, the one place kombu maps a priority to a sub-queue, for
+#   both publish and restore (:func:`stock_message_priority` is kombu's mapping). A
+#   read message reaches the consumer through ``Transport._deliver`` (:func:`deliver`).
+# - Celery's revoke list is the module-global ``celery.worker.state.revoked``; its expiry
+#   (:func:`set_revoke_expiry`) has no setting; :func:`merge_revoked` and
+#   :func:`task_ready` are the worker-state calls Celery's own consumer makes.
+# - kombu's ``Timer`` keeps cancelled entries in its heap ``_queue`` until they come
+#   due and has no public way to drop them: :func:`compact_timer`.
+# - Flushing buffered task events goes through the public ``EventDispatcher.flush``
+#   (Celery's own ``Consumer._flush_events`` does only that), and the backend is chosen
+#   through the loader's public ``override_backends``: no private name there.
 
 #: The statements of kombu's ``Channel._brpop_read`` that :func:`brpop_reply` and
 #: :func:`brpop_done` reproduce (the pinning test checks kombu still has them).
@@ -193,10 +223,143 @@ def wrap_control_command(name: str, wrap: Callable[[Callable[..., Any]], Callabl
     return True
 
 
+def raw_payload(message: Any) -> Any:
+    """The payload kombu read from Redis for ``message`` (what its unacked hash holds)."""
+    return message._raw
+
+
+def held_message(qos: Any, delivery_tag: str) -> Any:
+    """The message ``qos`` holds (delivered, not yet acknowledged) under ``delivery_tag``."""
+    return qos._delivered[delivery_tag]
+
+
+def held_tags(qos: Any) -> list[str]:
+    """The delivery tags of the messages ``qos`` holds, a copy safe to take from another
+    thread (kombu forgets acknowledged ones lazily, so it may still list those)."""
+    return list(qos._delivered)
+
+
+def hold_in_memory(qos: Any, message: Any, delivery_tag: str) -> None:
+    """kombu's in-process bookkeeping of a delivery, without its Redis writes (done)."""
+    kombu_virtual.QoS.append(qos, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+
+def release_in_memory(qos: Any, delivery_tag: str) -> None:
+    """kombu's in-process bookkeeping of an ack, without its Redis writes (done)."""
+    kombu_virtual.QoS.ack(qos, delivery_tag)  # type: ignore[no-untyped-call]
+
+
+def channel_client(channel: Any) -> Any:
+    """A new synchronous ``redis.Redis`` on the channel's connection pool, as kombu makes
+    for each command (with the pool's credential provider)."""
+    return channel._create_client(asynchronous=False)
+
+
+def channel_pool(channel: Any) -> Any:
+    """The channel's connection pool, or ``None`` when it has none (closed, or not yet
+    used); unlike ``channel.pool`` this never builds one."""
+    return channel._pool
+
+
+def deliver(channel: Any, payload: Any, queue: str) -> None:
+    """Hand a message read from ``queue`` to the consumer callback of its channel."""
+    channel.connection._deliver(payload, queue)
+
+
+def stock_message_priority(channel: Any, message: Any, reverse: bool = False) -> int:
+    """kombu's sub-queue step for ``message`` (its 0-9 priority, ``9 - p`` if ``reverse``)."""
+    return int(kombu_redis.Channel._get_message_priority(channel, message, reverse=reverse))  # type: ignore[no-untyped-call]
+
+
+def set_revoke_expiry(seconds: float) -> None:
+    """Make this worker forget a revoked id after ``seconds`` (Celery's default: 3 h)."""
+    worker_state.revoked.expires = seconds
+
+
+def merge_revoked(task_ids: Iterable[str]) -> None:
+    """Add ids to this worker's revoke list, as a ``revoke`` command does."""
+    worker_state.merge_revoked(list(task_ids))
+
+
+def task_ready(request: Any) -> None:
+    """Tell the worker's state a request is done (it leaves active/reserved counts)."""
+    worker_state.task_ready(request)
+
+
+def compact_timer(timer: Any) -> int:
+    """Drop cancelled entries from a kombu ``Timer``'s heap; how many were dropped."""
+    queue = timer._queue
+    live = [item for item in queue if not item.entry.canceled]
+    dropped = len(queue) - len(live)
+    if dropped:
+        heapq.heapify(live)
+        queue[:] = live
+    return dropped
+
+
 # == Publishing: the fast path (kombu Producer, Celery amqp) ==========================
 
 
 # == Results backend (Celery's Redis backend) =========================================
+#
+# - ``TimedRedisBackend`` overrides two private methods of Celery's backends: Celery
+#   has no public hook to add fields to a result (``_get_result_meta`` builds every
+#   stored meta, also for Celery's own non-JSON path) nor to choose how one state is
+#   written (``store_result`` retries around ``_store_result``; the public ``set`` gets
+#   neither the state nor the task id). :func:`celery_result_meta` and
+#   :func:`celery_store_result` are Celery's own versions, called from the overrides;
+#   the pinning test checks their signatures and that Celery still calls them.
+# - ``RedisBackend._MAX_STR_VALUE_SIZE`` is Redis's largest value, which Celery checks
+#   before a store (:func:`max_result_size`).
+# - The backend copies ``result_backend_transport_options`` into a cached private
+#   property when it is built and caches ``retry_policy`` from it; a worker that changes
+#   the option afterwards updates both (:func:`set_backend_transport_options`).
+
+
+def celery_result_meta(
+    backend: Any,
+    result: Any,
+    state: str,
+    traceback: Any,
+    request: Any,
+    format_date: bool = True,
+    encode: bool = False,
+) -> dict[str, Any]:
+    """The result meta Celery's Redis backend would store for this state."""
+    meta: dict[str, Any] = CeleryRedisBackend._get_result_meta(
+        backend, result, state, traceback, request, format_date=format_date, encode=encode
+    )
+    return meta
+
+
+def celery_store_result(
+    backend: Any,
+    task_id: Any,
+    result: Any,
+    state: str,
+    traceback: Any = None,
+    request: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Store a state as Celery's Redis backend does."""
+    return CeleryRedisBackend._store_result(
+        backend, task_id, result, state, traceback=traceback, request=request, **kwargs
+    )
+
+
+def max_result_size(backend: Any) -> int:
+    """The largest encoded result Celery's Redis backend stores."""
+    return int(backend._MAX_STR_VALUE_SIZE)
+
+
+def set_backend_transport_options(backend: Any, options: dict[str, Any]) -> bool:
+    """Give a built Redis backend new ``result_backend_transport_options`` (its retry
+    policy is recomputed from them); ``False`` if the backend does not read them."""
+    if not hasattr(backend, "_transport_options"):
+        return False
+    backend._transport_options = options
+    backend.__dict__.pop("retry_policy", None)  # a cached_property
+    return True
 
 
 # == Beat (RedBeat, Celery schedules) =================================================

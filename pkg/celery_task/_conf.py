@@ -17,10 +17,10 @@ from redis.retry import Retry
 
 from ._errors import InvalidRequestError
 from ._limits import MAX_PRIORITY, MIN_PRIORITY
-from ._transport import PRIORITY_STEPS
+from ._redis import HEALTH_CHECK_INTERVAL
+from .worker import worker_conf
 
 __all__ = [
-    "HEALTH_CHECK_INTERVAL",
     "PRODUCER_RETRY_POLICY",
     "THROUGHPUT_PROFILE",
     "available_modules",
@@ -48,8 +48,6 @@ THROUGHPUT_PROFILE: dict[str, Any] = {
 
 #: Bounded retries for producers: about one second in all, then a clear error.
 PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
-#: Seconds a pooled Redis connection may idle before it is checked ahead of its next use.
-HEALTH_CHECK_INTERVAL = 10
 
 
 def is_redis_url(url: str | None) -> bool:
@@ -118,29 +116,8 @@ def default_conf(
             "retry": Retry(NoBackoff(), 1),
         },
         "redbeat_lock_timeout": 25,
-        "worker_consumer": "pkg.celery_task._worker:Consumer",
     }
-    if is_redis_url(broker_url):
-        # Our class, with connections that still report a redis:// URL (Flower reads it).
-        conf["broker_transport"] = "pkg.celery_task._transport:PriorityRedisTransport"
-        conf["broker_transport_options"] = {
-            "priority_steps": PRIORITY_STEPS,
-            # A message a dead worker held is back in the queue within visibility
-            # timeout + restore interval (~35 s); live workers refresh theirs
-            # (UnackedHeartbeat), so long and ETA tasks are never handed out twice.
-            "visibility_timeout": 30,
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-            # Our own unacked index: stock Celery workers on the same Redis keep kombu's
-            # default keys (1 h timeout, no heartbeat), which our 30 s sweep must never
-            # restore; LegacyUnackedSweep restores that index as a stock worker would.
-            "unacked_key": "tasksys:unacked",
-            "unacked_index_key": "tasksys:unacked_index",
-            "unacked_mutex_key": "tasksys:unacked_mutex",
-            "socket_connect_timeout": 2,
-            "socket_timeout": 10,
-            "health_check_interval": HEALTH_CHECK_INTERVAL,
-        }
+    conf.update(worker_conf(redis_broker=is_redis_url(broker_url)))
     return conf
 
 

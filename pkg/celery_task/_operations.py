@@ -14,7 +14,7 @@ from celery import Celery
 from ._conf import is_redis_url
 from ._errors import BROKER_ERRORS, unreachable
 from ._options import options_of
-from ._transport import PRIORITY_STEPS, redis_priority_queue_keys
+from .worker import PRIORITY_STEPS, redis_priority_queue_keys
 
 __all__ = ["Operations"]
 

@@ -23,7 +23,11 @@ from ._compat import forget_redbeat_client, use_redbeat_client
 from ._errors import InvalidRequestError
 from ._options import options_of
 
-__all__ = ["RedisClients", "clients_for"]
+__all__ = ["HEALTH_CHECK_INTERVAL", "RedisClients", "clients_for"]
+
+#: Seconds a pooled connection may idle before it is PINGed ahead of its next use, so
+#: one that died with a Redis restart is replaced instead of failing the next call.
+HEALTH_CHECK_INTERVAL = 10
 
 
 class RedisClients:

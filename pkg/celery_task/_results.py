@@ -18,7 +18,7 @@ from celery.result import AsyncResult
 from ._errors import ResultTimeoutError, unreachable
 from ._limits import check_task_id
 from ._redis import RedisClients
-from ._worker import revoke_store_for
+from .worker import revoke_store_for
 
 __all__ = ["TASK_STATES", "Results", "public_state", "status_of"]
 

@@ -12,7 +12,7 @@ from tests.support.services import RedisDb
 
 pytestmark = pytest.mark.integration
 
-TRANSPORT = "pkg.celery_task._transport:PriorityRedisTransport"
+TRANSPORT = "pkg.celery_task.worker.transport:PriorityRedisTransport"
 
 
 def held(db: RedisDb) -> tuple[dict[bytes, bytes], list[bytes]]:

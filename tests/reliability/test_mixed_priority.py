@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from pkg.celery_task import CeleryClient
-from pkg.celery_task._transport import STOCK_PRIORITY_STEPS, redis_priority_queue_keys
+from pkg.celery_task.worker.transport import STOCK_PRIORITY_STEPS, redis_priority_queue_keys
 from tests.reliability.conftest import client_for
 from tests.support.procs import CELERY_APP, ManagedProcess, service_env, wait_for, worker_argv
 from tests.support.services import RedisDb

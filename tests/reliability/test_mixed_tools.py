@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from pkg.celery_task._transport import redis_priority_queue_keys
+from pkg.celery_task.worker.transport import redis_priority_queue_keys
 from tests.reliability.conftest import client_for
 from tests.support.procs import CELERY_APP, REPO_ROOT, ManagedProcess, service_env, start_worker, wait_for
 from tests.support.services import RedisDb, free_port

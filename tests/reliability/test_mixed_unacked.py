@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from pkg.celery_task._transport import redis_priority_queue_keys
+from pkg.celery_task.worker.transport import redis_priority_queue_keys
 from tests.reliability.conftest import client_for
 from tests.support.procs import ManagedProcess, service_env, start_worker, wait_for
 from tests.support.services import RedisDb

@@ -63,7 +63,7 @@ def test_exported_members() -> None:
 
 
 def test_pkg_imports_nothing_from_internal() -> None:
-    for path in Path(pkg.celery_task.__file__).parent.glob("*.py"):
+    for path in Path(pkg.celery_task.__file__).parent.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pkg.celery_task._transport import STOCK_PRIORITY_STEPS, PriorityRedisChannel, check_filing_steps
+from pkg.celery_task.worker.transport import STOCK_PRIORITY_STEPS, PriorityRedisChannel, check_filing_steps
 
 
 def _keys(options: dict[str, Any]) -> tuple[list[str], list[str]]:

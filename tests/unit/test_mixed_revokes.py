@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from pkg.celery_task._worker import RevokeStore, _durable_revoke
+from pkg.celery_task.worker.revokes import RevokeStore, _durable_revoke
 
 
 class _Store(RevokeStore):

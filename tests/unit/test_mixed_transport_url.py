@@ -6,7 +6,7 @@ from __future__ import annotations
 from kombu import Connection
 
 from pkg.celery_task import CeleryClient, PriorityRedisTransport
-from pkg.celery_task._transport import TRANSPORT_PATH
+from pkg.celery_task.worker.transport import TRANSPORT_PATH
 
 
 def test_app_connections_use_our_class_and_report_a_redis_url() -> None:

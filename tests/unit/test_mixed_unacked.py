@@ -8,7 +8,7 @@ from typing import Any
 from kombu import Connection
 
 from pkg.celery_task import CeleryClient
-from pkg.celery_task._worker import LegacyUnackedSweep
+from pkg.celery_task.worker.heartbeat import LegacyUnackedSweep
 
 OURS = {
     "unacked_key": "tasksys:unacked",

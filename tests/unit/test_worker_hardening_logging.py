@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from pkg.celery_task._worker import EscapingFormatter, escape_control
+from pkg.celery_task import escape_control
+from pkg.celery_task.worker.logs import EscapingFormatter
 
 FORGED = "\n[2026-12-01 14:00:00,000: CRITICAL/MainProcess] FORGED\x1b[31m"
 

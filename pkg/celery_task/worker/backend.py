@@ -33,7 +33,8 @@ from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
 
-from ._options import options_of
+from .._compat import celery_result_meta, celery_store_result, max_result_size
+from .._options import options_of
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
@@ -74,8 +75,8 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         format_date: bool = True,
         encode: bool = False,
     ) -> dict[str, Any]:
-        meta: dict[str, Any] = super()._get_result_meta(
-            result, state, traceback, request, format_date=format_date, encode=encode
+        meta = celery_result_meta(
+            self, result, state, traceback, request, format_date=format_date, encode=encode
         )
         started_at = getattr(request, "started_at", None) if request is not None else None
         if started_at is not None:
@@ -89,13 +90,13 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         if self.serializer != "json":
-            return super()._store_result(
-                task_id, result, state, traceback=traceback, request=request, **kwargs
+            return celery_store_result(
+                self, task_id, result, state, traceback=traceback, request=request, **kwargs
             )
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
         value = self.encode(meta)
-        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+        if isinstance(value, str) and len(value) > max_result_size(self):
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         key = self.get_key_for_task(task_id)

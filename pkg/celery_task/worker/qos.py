@@ -1,0 +1,156 @@
+"""Kombu's Redis QoS (the unacked index) with one atomic script per delivery, ack and
+requeue, which also go through while Redis is out of memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+from .._compat import held_message, hold_in_memory, raw_payload, release_in_memory, restore_targets
+
+if TYPE_CHECKING:
+    from .transport import PriorityRedisChannel
+
+__all__ = ["ALLOW_OOM", "OOM_BACKOFF_MAX", "ScriptedQoS", "retry_out_of_memory", "supports_script_flags"]
+
+logger = logging.getLogger(__name__)
+
+# The unacked bookkeeping of kombu's Redis QoS (ZADD+HSET on delivery, ZREM+HDEL on
+# ack), each as one atomic script call instead of a MULTI/EXEC of four commands.
+_HOLD_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+"""
+_RELEASE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+# Requeue a held message: KEYS[1] index, KEYS[2] hash, KEYS[3..] destination lists;
+# ARGV[1] tag, ARGV[2] payload, ARGV[3] '1' to LPUSH (kombu's "leftmost"), else RPUSH.
+_REQUEUE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+    local push = ARGV[3] == '1' and 'LPUSH' or 'RPUSH'
+    for i = 3, #KEYS do
+        redis.call(push, KEYS[i], ARGV[2])
+    end
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+# Each of them moves a message between keys (queue -> unacked -> queue, or drops it),
+# so memory use does not grow: on Redis 7+ they run even when Redis is out of memory
+# (``maxmemory`` with ``noeviction``), so a message popped from a queue is never lost
+# for want of the few bytes that hold it, and acks still go through.
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+#: Longest wait between two attempts of a write Redis refused for lack of memory.
+OOM_BACKOFF_MAX = 2.0
+
+
+def retry_out_of_memory(what: str, call: Callable[[], Any]) -> Any:
+    """``call()``, retried with capped exponential backoff for as long as Redis answers
+    that it is out of memory, with a warning saying so (first time, then every ~10 s)."""
+    delay, warned_at = 0.05, 0.0
+    while True:
+        try:
+            return call()
+        except redis.exceptions.OutOfMemoryError as exc:
+            now = time.monotonic()
+            if now - warned_at >= 10:
+                logger.warning("Redis is out of memory (%s); retrying %s until it accepts it", exc, what)
+                warned_at = now
+            time.sleep(delay)
+            delay = min(delay * 2, OOM_BACKOFF_MAX)
+
+
+class ScriptedQoS(kombu_redis.QoS):
+    """Kombu's Redis QoS with the same keys and the same atomicity, in one command per
+    delivery and per ack: the worker's consumer makes both round trips for every task."""
+
+    channel: PriorityRedisChannel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        payload = dumps([raw_payload(message), delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
+
+        def hold() -> None:
+            with self.channel.conn_or_acquire() as client:
+                self.channel.script(client, "hold", _HOLD_SCRIPT)(
+                    keys=[self.unacked_index_key, self.unacked_key],
+                    args=[time.time(), delivery_tag, payload],
+                    client=client,
+                )
+
+        retry_out_of_memory(f"holding message {delivery_tag}", hold)
+        hold_in_memory(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self._release(delivery_tag)
+        release_in_memory(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self._requeue(delivery_tag)
+        else:
+            self._release(delivery_tag)
+        release_in_memory(self, delivery_tag)
+
+    def _release(self, delivery_tag: str) -> None:
+        def release() -> None:
+            with self.channel.conn_or_acquire() as client:
+                self.channel.script(client, "release", _RELEASE_SCRIPT)(
+                    keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
+                )
+
+        retry_out_of_memory(f"acknowledging message {delivery_tag}", release)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """Kombu's sweep of messages whose holder stopped beating; while Redis is out of
+        memory it restores nothing (each restore is one transaction that fails whole,
+        so nothing is lost) and says so, instead of an error with a traceback."""
+        try:
+            return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError as exc:
+            logger.warning("Redis is out of memory (%s); unacked messages are restored later", exc)
+            return None
+
+    def _requeue(self, delivery_tag: str) -> None:
+        """Put a held message back at the head of its queue and drop it from the unacked
+        index, atomically (kombu's version leaves the index entry behind and fails when
+        Redis is out of memory)."""
+        message = held_message(self, delivery_tag)
+        delivery = message.delivery_info or {}
+        payload = json.loads(json.dumps(raw_payload(message)))
+        exchange, routing_key = delivery.get("exchange"), delivery.get("routing_key")
+        targets = restore_targets(self.channel, payload, exchange, routing_key)
+        if not targets:
+            logger.error("message %s has no queue to return to; it stays held until restored", delivery_tag)
+            return
+        body = targets[0][1]
+
+        def requeue() -> None:
+            with self.channel.conn_or_acquire() as client:
+                self.channel.script(client, "requeue", _REQUEUE_SCRIPT)(
+                    keys=[self.unacked_index_key, self.unacked_key, *(key for key, _ in targets)],
+                    args=[delivery_tag, body, "1"],
+                    client=client,
+                )
+
+        retry_out_of_memory(f"returning message {delivery_tag} to its queue", requeue)
+
+
+def supports_script_flags(client: redis.Redis) -> bool:
+    """Redis 7 and later read ``#!lua flags=...`` in scripts (older ones cannot parse it)."""
+    try:
+        version = str(client.info("server").get("redis_version", "0"))
+    except redis.RedisError:
+        return False
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) >= 7
