@@ -19,8 +19,8 @@ Layout (each part declares what it needs in its constructor; none imports the fa
 - ``_redis``: every Redis client the parts use (a caller may pass its own).
 - ``_errors``: the exception tree and the one translation of connection errors.
 - ``_compat``: every private Celery/kombu/billiard/RedBeat name, pinned by tests.
-- ``_task`` (the task base class), ``_loop`` (the per-process event loop), and the
-  worker side: ``_worker``, ``_transport``, ``_backend``.
+- ``_task`` (the task base class), ``_loop`` (the per-process event loop), and
+  ``worker/``: what runs only in ``celery worker`` (see its docstring).
 """
 
 from ._beat import RedisScheduler, ScheduleEntry
