@@ -11,9 +11,9 @@ from typing import Any
 from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import text
 
-from internal.api.schemas import CheckOut, Readiness, WorkerInfo
 from internal.infra.database import get_engine
 from internal.infra.redis import get_redis
+from internal.schemas import CheckOut, Readiness, WorkerInfo
 from pkg.celery_task import CeleryClient
 
 __all__ = ["list_workers", "queue_lengths", "readiness", "redis_accepts_writes"]

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from internal.api.deps import get_client
+from internal.api.errors import ErrorBody
 from internal.api.routes.tasks import ERRORS
-from internal.api.schemas import (
+from internal.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
     DeadLetter,
     DeadLetterList,
-    ErrorBody,
     TaskAccepted,
 )
 from internal.services import dead_letters as service

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from internal.api.deps import get_client
 from internal.api.routes.tasks import ERRORS
-from internal.api.schemas import QueueLengths, Readiness, WorkerList
+from internal.schemas import QueueLengths, Readiness, WorkerList
 from internal.services import operations as service
 from pkg.celery_task import CeleryClient
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from internal.api.deps import get_client, get_metrics
+from internal.api.errors import ErrorBody
 from internal.api.metrics import Metrics
-from internal.api.schemas import ErrorBody, StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
+from internal.schemas import StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
 from internal.services import tasks as service
 from pkg.celery_task import CeleryClient
 

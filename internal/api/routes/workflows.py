@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from internal.api.deps import get_client, get_metrics
 from internal.api.metrics import Metrics
 from internal.api.routes.tasks import ERRORS
-from internal.api.schemas import WorkflowAccepted, WorkflowSubmit
+from internal.schemas import WorkflowAccepted, WorkflowSubmit
 from internal.services import tasks as service
 from pkg.celery_task import CeleryClient
 

@@ -1,4 +1,6 @@
-"""Request and response bodies of the HTTP API. Field names are a contract with clients."""
+"""Request and response bodies of the HTTP API, shared by the routes (which parse and
+return them) and the services (which take and build them). Field names are a contract
+with clients. The error body lives with its handlers in ``internal/api/errors.py``."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pkg.celery_task import ENTRY_NAME_PATTERN, ID_PATTERN, MAX_DELAY
 
 __all__ = [
+    "CheckOut",
     "DeadLetter",
     "DeadLetterList",
-    "ErrorBody",
     "PeriodicTask",
     "PeriodicTaskCreate",
     "PeriodicTaskList",
@@ -295,17 +297,3 @@ class DeadLetterList(BaseModel):
 
     total: int
     dead_letters: list[DeadLetter]
-
-
-class ErrorDetail(BaseModel):
-    """Error fields."""
-
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx answer."""
-
-    error: ErrorDetail
