@@ -23,7 +23,7 @@ from internal.schemas import (
     WorkflowSubmit,
 )
 from internal.services.errors import InvalidInputError
-from pkg.celery_task import CeleryClient, UnknownTaskError
+from pkg.celery_task import CeleryClient, UnknownTaskError, public_state
 
 __all__ = [
     "SubmitCounter",
@@ -108,9 +108,7 @@ def _error(value: Any) -> TaskError | None:
 
 
 def _info_from_meta(task_id: str, meta: dict[str, Any]) -> TaskInfo:
-    status = meta.get("status") or states.PENDING
-    if status == states.RECEIVED:
-        status = states.PENDING
+    status = public_state(meta.get("status"))  # as the batch read shows it
     raw = meta.get("result")
     progress = TaskProgress(**raw) if status == "PROGRESS" and isinstance(raw, dict) else None
     error = _error(raw) if status in (states.FAILURE, states.RETRY, states.REVOKED) else None
