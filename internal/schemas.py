@@ -38,10 +38,11 @@ __all__ = [
     "WorkflowSubmit",
 ]
 
-_NAME = f"^{ID_PATTERN}$"
-TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
-TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NAME)]
-QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
+#: Task names, task ids, queue names and dead-letter ids: ``A-Z a-z 0-9 _ . : -``.
+IDENTIFIER = f"^{ID_PATTERN}$"
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=IDENTIFIER)]
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=IDENTIFIER)]
+QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=IDENTIFIER)]
 #: Letters, digits, ``_ . : - * / , +`` and inner spaces; never a leading ``:``.
 ENTRY_NAME = f"^{ENTRY_NAME_PATTERN}$"
 EntryName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ENTRY_NAME)]
