@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from internal.api.deps import ClientDep
+from internal.api.deps import ClientDep, EngineDep, RedisDep
 from internal.api.routes._common import ERRORS
 from internal.schemas import QueueLengths, Readiness, WorkerList
 from internal.services import operations as service
@@ -34,9 +34,9 @@ async def healthz() -> dict[str, str]:
 
 
 @probes.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(client: ClientDep) -> JSONResponse:
+async def readyz(client: ClientDep, engine: EngineDep, redis: RedisDep) -> JSONResponse:
     """Broker, result backend, database and Redis reachable; 503 if any is not."""
-    report = await service.readiness(client=client)
+    report = await service.readiness(client=client, engine=engine, redis=redis)
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
 
 
