@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -13,10 +14,10 @@ from internal.api.errors import install_error_handlers
 from internal.api.metrics import Metrics
 from internal.api.middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, MetricsMiddleware
 from internal.api.routes import dead_letters, operations, periodic, tasks, workflows
-from internal.config.setting import Settings, setting
-from internal.infra.celery import celery_client, init_celery
-from internal.infra.database import close_db, init_db
-from internal.infra.redis import close_redis, init_redis
+from internal.config.setting import Settings
+from internal.infra.celery import check_celery
+from internal.infra.database import open_engine
+from internal.infra.redis import open_redis
 from pkg.celery_task import BrokerUnavailableError, CeleryClient
 
 __all__ = ["API_PREFIX", "create_app"]
@@ -26,32 +27,46 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 
 
+def _load_public_tasks(client: CeleryClient) -> list[str]:
+    client.load_tasks()
+    return client.public_tasks()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the database and Redis, load the task registry and check Celery. The API
-    starts even when the broker is down; /readyz reports it."""
+    """Open the database engine and Redis client the app's settings name (kept on
+    ``app.state`` for the dependencies), then load the task registry and check Celery
+    with the app's client in a thread, so the event loop never waits on the network.
+    The API starts even when the broker is down; /readyz reports it."""
+    settings: Settings = app.state.settings
     client: CeleryClient = app.state.celery_client
-    await init_db(verify=False)
-    await init_redis(verify=False)
-    public = client.load_tasks() and client.public_tasks()
-    logger.info("api: %d public task(s): %s", len(public), ", ".join(public))
-    try:
-        init_celery()
-    except BrokerUnavailableError as exc:
-        logger.error("celery: %s; the API starts anyway and /readyz reports it", exc)
-    if app.state.settings.api.token is None:
-        logger.warning("api: API_TOKEN is not set; every endpoint is open (development only)")
-    try:
+    async with AsyncExitStack() as resources:  # closed in reverse: client, Redis, database
+        engine = await open_engine(settings.database_url, echo=settings.database.echo, verify=False)
+        resources.push_async_callback(engine.dispose)
+        redis = await open_redis(
+            settings.redis_url,
+            health_check_interval=settings.redis.health_check_interval,
+            verify=False,
+            where=settings.safe_redis_url,
+        )
+        resources.push_async_callback(redis.aclose)
+        resources.push_async_callback(client.aclose)
+        app.state.db_engine, app.state.redis = engine, redis
+        public = await asyncio.to_thread(_load_public_tasks, client)
+        logger.info("api: %d public task(s): %s", len(public), ", ".join(public))
+        try:
+            await asyncio.to_thread(check_celery, client, settings)
+        except BrokerUnavailableError as exc:
+            logger.error("celery: %s; the API starts anyway and /readyz reports it", exc)
+        if settings.api.token is None:
+            logger.warning("api: API_TOKEN is not set; every endpoint is open (development only)")
         yield
-    finally:
-        await client.aclose()
-        await close_redis()
-        await close_db()
-        logger.info("api: database and Redis closed")
+    logger.info("api: database and Redis closed")
 
 
-def create_app(settings: Settings = setting, client: CeleryClient = celery_client) -> FastAPI:
-    """Build the FastAPI application around ``client``."""
+def create_app(settings: Settings, client: CeleryClient) -> FastAPI:
+    """Build the FastAPI application around ``settings`` and ``client``: its lifespan
+    opens the database and Redis those settings name, and the routes use that client."""
     app = FastAPI(
         title=settings.app.app_name,
         version="1.0.0",

@@ -1,5 +1,6 @@
 """One error shape for every 4xx/5xx, ``{"error": {"code", "message", "details"}}``, and
-the single place where domain errors become HTTP statuses."""
+the single place where domain errors (of :mod:`pkg.celery_task` and
+:mod:`internal.services.errors`) become HTTP statuses."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from internal.services.errors import InvalidInputError
 from pkg.celery_task import (
     BrokerUnavailableError,
     DeadLetterNotFoundError,
@@ -23,20 +26,23 @@ from pkg.celery_task import (
     UnknownTaskError,
 )
 
-__all__ = ["ApiError", "error_body", "install_error_handlers"]
+__all__ = ["ErrorBody", "ErrorDetail", "error_body", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error the service layer raises with its HTTP status and stable code."""
+class ErrorDetail(BaseModel):
+    """Error fields."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: ErrorDetail
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -72,10 +78,6 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers; services and routes never build error responses."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _response(exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -122,6 +124,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return _response(
             422, "validation_error", str(exc), [{"field": exc.field or "body", "message": str(exc)}]
         )
+
+    @app.exception_handler(InvalidInputError)
+    async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONResponse:
+        details = None if exc.field is None else [{"field": exc.field, "message": exc.message}]
+        return _response(422, "validation_error", exc.message, details)
 
     @app.exception_handler(BrokerUnavailableError)
     async def _broker_down(request: Request, exc: BrokerUnavailableError) -> JSONResponse:

@@ -88,6 +88,10 @@ class Metrics:
         )
         self.registry.register(_QueueLengthCollector(client))
 
+    def count_submitted(self, *, task: str, queue: str) -> None:
+        """Count one task accepted for sending (the services' ``SubmitCounter``)."""
+        self.tasks_submitted.labels(task=task, queue=queue).inc()
+
     def observe_request(self, *, method: str, route: str, status: int, seconds: float) -> None:
         """Record one request's latency; ``route`` must already be a template."""
         self.request_latency.labels(

@@ -21,6 +21,7 @@ __all__ = [
     "STATIC_BEAT_SCHEDULE",
     "build_celery_client",
     "celery_app",
+    "check_celery",
     "celery_client",
     "init_celery",
 ]
@@ -109,21 +110,28 @@ celery_client = build_celery_client(setting)
 celery_app = celery_client.app
 
 
-def init_celery(timeout: float = 2.0) -> dict[str, Any]:
-    """Check that the broker and result backend answer; raise a clear error if not."""
-    report = celery_client.ping(timeout=timeout, workers=False)
+def check_celery(client: CeleryClient, settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
+    """Check that ``client``'s broker and result backend answer; raise a clear error
+    naming ``settings``' broker if not. Blocks up to about ``timeout`` per part: call it
+    from a thread in ``async`` code."""
+    report = client.ping(timeout=timeout, workers=False)
     problems = [
         f"{part} ({report[part]['error']})" for part in ("broker", "backend") if not report[part]["ok"]
     ]
     if problems:
         raise BrokerUnavailableError(
-            f"Celery cannot reach its {' and '.join(problems)}; broker {setting.safe_broker_url}. "
+            f"Celery cannot reach its {' and '.join(problems)}; broker {settings.safe_broker_url}. "
             "Start Redis or set REDIS_HOST/REDIS_PORT (or CELERY_BROKER_URL/CELERY_RESULT_BACKEND)"
         )
     logger.info(
         "celery: broker %s answered in %s ms, result backend in %s ms",
-        setting.safe_broker_url,
+        settings.safe_broker_url,
         report["broker"]["latency_ms"],
         report["backend"]["latency_ms"],
     )
     return report
+
+
+def init_celery(timeout: float = 2.0) -> dict[str, Any]:
+    """:func:`check_celery` for this module's ``celery_client`` and settings."""
+    return check_celery(celery_client, setting, timeout)

@@ -1,8 +1,9 @@
 """Async SQLAlchemy engine and sessions (aiosqlite by default, asyncmy for MySQL/MariaDB).
 
-``init_db()`` creates the engine and checks the database answers; ``session_scope()``
-gives one session per unit of work (commit on success, rollback on error, always
-closed); ``close_db()`` disposes of the engine and is safe to call twice.
+``open_engine()`` creates an engine the caller owns (the API keeps one per app).
+In worker processes ``init_db()`` opens the process's engine, ``session_scope()``
+gives one session per unit of work on it (commit on success, rollback on error, always
+closed) and ``close_db()`` disposes of it, safe to call twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from internal.config.setting import setting
 
-__all__ = ["close_db", "get_engine", "get_sessionmaker", "init_db", "session_scope"]
+__all__ = ["close_db", "get_engine", "get_sessionmaker", "init_db", "open_engine", "session_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +29,14 @@ _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
 
-async def init_db(url: str | None = None, *, verify: bool = True) -> AsyncEngine:
-    """Create the engine (or return the open one) and run ``SELECT 1``. With
-    ``verify=False`` a failed check is only logged; the pool reconnects later."""
-    global _engine, _sessionmaker
-    if _engine is not None:
-        return _engine
-    url = url or setting.database_url
+async def open_engine(url: str, *, echo: bool = False, verify: bool = True) -> AsyncEngine:
+    """A new engine for ``url`` after a ``SELECT 1``, owned by the caller (the API app
+    keeps its own on ``app.state``). With ``verify=False`` a failed check is only
+    logged; the pool reconnects later."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_pre_ping=True, pool_recycle=3600, echo=setting.database.echo)
+    engine = create_async_engine(url, pool_pre_ping=True, pool_recycle=3600, echo=echo)
     safe_url = maybe_sanitize_url(url)
     try:
         async with engine.connect() as conn:
@@ -54,6 +52,16 @@ async def init_db(url: str | None = None, *, verify: bool = True) -> AsyncEngine
         logger.error("database: %s", problem)
     else:
         logger.info("database: connected to %s", safe_url)
+    return engine
+
+
+async def init_db(url: str | None = None, *, verify: bool = True) -> AsyncEngine:
+    """Open this process's engine (or return the open one) for ``session_scope()``:
+    :func:`open_engine` on ``url`` or the settings' database."""
+    global _engine, _sessionmaker
+    if _engine is not None:
+        return _engine
+    engine = await open_engine(url or setting.database_url, echo=setting.database.echo, verify=verify)
     _engine = engine
     _sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     return engine

@@ -1,8 +1,8 @@
-"""Dead-letter operations behind the HTTP API."""
+"""Dead-letter operations behind the HTTP API; they raise domain errors only."""
 
 from __future__ import annotations
 
-from internal.api.schemas import DeadLetter, DeadLetterList, TaskAccepted
+from internal.schemas import DeadLetter, DeadLetterList, TaskAccepted
 from pkg.celery_task import CeleryClient, DeadLetterNotFoundError
 
 __all__ = ["delete_dead_letter", "get_dead_letter", "list_dead_letters", "resubmit_dead_letter"]
@@ -15,16 +15,17 @@ def list_dead_letters(*, client: CeleryClient, limit: int, offset: int) -> DeadL
 
 
 def get_dead_letter(*, client: CeleryClient, entry_id: str) -> DeadLetter:
-    """One entry (404 if none)."""
+    """One entry (:class:`DeadLetterNotFoundError` if none)."""
     return DeadLetter.model_validate(client.get_dead_letter(entry_id))
 
 
 def resubmit_dead_letter(*, client: CeleryClient, entry_id: str) -> TaskAccepted:
-    """Send the entry's task again and drop the entry (409 if it holds no task)."""
+    """Send the entry's task again and drop the entry
+    (:class:`DeadLetterNotResubmittableError` if it holds no task)."""
     return TaskAccepted(task_id=client.resubmit_dead_letter(entry_id), status="PENDING")
 
 
 def delete_dead_letter(*, client: CeleryClient, entry_id: str) -> None:
-    """Drop an entry (404 if none)."""
+    """Drop an entry (:class:`DeadLetterNotFoundError` if none)."""
     if not client.delete_dead_letter(entry_id):
         raise DeadLetterNotFoundError(entry_id)

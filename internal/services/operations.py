@@ -8,12 +8,12 @@ import socket
 import time
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from internal.api.schemas import CheckOut, Readiness, WorkerInfo
-from internal.infra.database import get_engine
-from internal.infra.redis import get_redis
+from internal.schemas import CheckOut, Readiness, WorkerInfo
 from pkg.celery_task import CeleryClient
 
 __all__ = ["list_workers", "queue_lengths", "readiness", "redis_accepts_writes"]
@@ -79,15 +79,14 @@ async def _timed(probe: Any) -> CheckOut:
 PROBE_KEY = f"tasksys:readyz:{socket.gethostname()}:{os.getpid()}"
 
 
-async def redis_accepts_writes() -> None:
+async def redis_accepts_writes(redis: Redis) -> None:
     """PING is not enough: a Redis at ``maxmemory`` with ``noeviction`` answers PING and
     reads but refuses every write, so submits would fail while readiness said ok. Write
     a tiny key with a short TTL instead; on refusal, say how full Redis is."""
-    client = get_redis()
     try:
-        await client.set(PROBE_KEY, "1", px=10_000)
+        await redis.set(PROBE_KEY, "1", px=10_000)
     except OutOfMemoryError as exc:
-        raise OutOfMemoryError(f"Redis is out of memory ({await _memory_figures(client)}): {exc}") from exc
+        raise OutOfMemoryError(f"Redis is out of memory ({await _memory_figures(redis)}): {exc}") from exc
 
 
 async def _memory_figures(client: Any) -> str:
@@ -100,22 +99,22 @@ async def _memory_figures(client: Any) -> str:
     )
 
 
-async def readiness(*, client: CeleryClient) -> Readiness:
-    """Broker, result backend, database and Redis (reachable and accepting writes),
-    checked concurrently."""
+async def readiness(*, client: CeleryClient, engine: AsyncEngine, redis: Redis) -> Readiness:
+    """Broker and result backend (of ``client``), database (``engine``) and Redis
+    (``redis``, reachable and accepting writes), checked concurrently."""
 
     async def database() -> None:
-        async with get_engine().connect() as conn:
+        async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    async def redis() -> None:
-        await redis_accepts_writes()
+    async def redis_writable() -> None:
+        await redis_accepts_writes(redis)
 
     async def celery() -> dict[str, Any]:
         return await asyncio.wait_for(asyncio.to_thread(client.ping, 1.0, workers=False), CHECK_TIMEOUT)
 
     celery_check, db_check, redis_check = await asyncio.gather(
-        _safe_celery(celery), _timed(database), _timed(redis)
+        _safe_celery(celery), _timed(database), _timed(redis_writable)
     )
     checks = {**celery_check, "database": db_check, "redis": redis_check}
     ok = all(check.ok for check in checks.values())

@@ -1,17 +1,17 @@
-"""Periodic-task operations behind the HTTP API."""
+"""Periodic-task operations behind the HTTP API; they raise domain errors only."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from internal.api.errors import ApiError
-from internal.api.schemas import (
+from internal.schemas import (
     PeriodicTask,
     PeriodicTaskCreate,
     PeriodicTaskList,
     PeriodicTaskPatch,
     PeriodicTaskPut,
 )
+from internal.services.errors import InvalidInputError
 from internal.services.tasks import require_known_queue, require_public
 from pkg.celery_task import CeleryClient, PeriodicTaskConflictError
 
@@ -37,7 +37,7 @@ def list_periodic_tasks(*, client: CeleryClient, limit: int, offset: int) -> Per
 
 
 def get_periodic_task(*, client: CeleryClient, name: str) -> PeriodicTask:
-    """One entry (404 if none)."""
+    """One entry (:class:`PeriodicTaskNotFoundError` if none)."""
     return PeriodicTask.model_validate(client.get_periodic_task(name))
 
 
@@ -59,16 +59,16 @@ def _store(client: CeleryClient, name: str, body: PeriodicTaskPut, *, replace: b
 
 
 def create_periodic_task(*, client: CeleryClient, body: PeriodicTaskCreate) -> PeriodicTask:
-    """A new entry; 409 if the name exists."""
+    """A new entry; :class:`PeriodicTaskConflictError` if the name exists."""
     return _store(client, body.name, body, replace=False)
 
 
 def put_periodic_task(*, client: CeleryClient, name: str, body: PeriodicTaskPut) -> PeriodicTask:
-    """Create or replace an entry (static entries: 409). A ``name`` in the body must be
-    the path's (the body may be an entry as ``GET`` returned it)."""
+    """Create or replace an entry (static entries: :class:`PeriodicTaskConflictError`).
+    A ``name`` in the body must be the path's (the body may be an entry as ``GET`` returned it)."""
     if body.name is not None and body.name != name:
         message = f"name {body.name!r} in the body differs from {name!r} in the path; omit it or match it"
-        raise ApiError(422, "validation_error", message, [{"field": "name", "message": message}])
+        raise InvalidInputError(message, field="name")
     return _store(client, name, body, replace=True)
 
 
@@ -95,11 +95,12 @@ def patch_periodic_task(*, client: CeleryClient, name: str, body: PeriodicTaskPa
     try:
         replacement = PeriodicTaskPut.model_validate(merged)
     except ValueError as exc:
-        raise ApiError(422, "validation_error", f"the patched entry is invalid: {exc}") from exc
+        raise InvalidInputError(f"the patched entry is invalid: {exc}") from exc
     return _store(client, name, replacement, replace=True)
 
 
 def delete_periodic_task(*, client: CeleryClient, name: str) -> None:
-    """Delete an entry: 404 if none, 409 for static entries."""
+    """Delete an entry: :class:`PeriodicTaskNotFoundError` if none,
+    :class:`PeriodicTaskConflictError` for static entries."""
     if not client.remove_periodic_task(name):
-        client.get_periodic_task(name)  # raises the 404
+        client.get_periodic_task(name)  # raises PeriodicTaskNotFoundError

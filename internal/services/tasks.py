@@ -7,14 +7,12 @@ own ``celery.*`` tasks, internal tasks) is "unknown" to outside callers.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from celery import states
 from celery.result import AsyncResult, GroupResult
 
-from internal.api.errors import ApiError
-from internal.api.metrics import Metrics
-from internal.api.schemas import (
+from internal.schemas import (
     TaskAccepted,
     TaskError,
     TaskInfo,
@@ -24,27 +22,37 @@ from internal.api.schemas import (
     WorkflowStep,
     WorkflowSubmit,
 )
-from pkg.celery_task import CeleryClient, UnknownTaskError
+from internal.services.errors import InvalidInputError
+from pkg.celery_task import CeleryClient, UnknownTaskError, public_state
 
 __all__ = [
+    "SubmitCounter",
     "get_task",
     "get_task_statuses",
     "require_known_queue",
     "require_public",
     "revoke_task",
     "submit_task",
+    "submit_task_and_wait",
     "submit_workflow",
 ]
 
 
+class SubmitCounter(Protocol):
+    """Counts tasks accepted for sending, by task and queue (the API's metrics)."""
+
+    def count_submitted(self, *, task: str, queue: str) -> None:
+        """Count one task."""
+
+
 def require_public(client: CeleryClient, task_name: str) -> None:
-    """404 ``unknown_task`` unless the task is registered and marked public."""
+    """:class:`UnknownTaskError` unless the task is registered and marked public."""
     if not client.is_public(task_name):
         raise UnknownTaskError(task_name)
 
 
 def require_known_queue(client: CeleryClient, queue: str | None, *, field: str = "queue") -> None:
-    """422 unless ``queue`` is one the system knows (the default queue, the routes'
+    """:class:`InvalidInputError` unless ``queue`` is one the system knows (the default queue, the routes'
     queues, ``CELERY_QUEUES`` and ``CELERY_EXTRA_QUEUES``): outside callers never
     create queues, so hostile names can neither reach internal keys nor pile up."""
     if queue is None:
@@ -52,21 +60,21 @@ def require_known_queue(client: CeleryClient, queue: str | None, *, field: str =
     known = client.known_queues()
     if queue not in known:
         message = f"queue {queue!r} is not a known queue; accepted: {', '.join(known)}"
-        raise ApiError(422, "validation_error", message, [{"field": field, "message": message}])
+        raise InvalidInputError(message, field=field)
 
 
-async def submit_task(*, client: CeleryClient, metrics: Metrics, body: TaskSubmit) -> TaskAccepted:
+async def submit_task(*, client: CeleryClient, metrics: SubmitCounter, body: TaskSubmit) -> TaskAccepted:
     """Validate and send one task without blocking the event loop; nothing is sent when
     anything is rejected."""
     require_public(client, body.task)
     require_known_queue(client, body.queue)
     task_id = await client.submit_async(body.task, body.args, body.kwargs, **_options(body))
-    metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
+    metrics.count_submitted(task=body.task, queue=client.resolve_queue(body.task, body.queue))
     return TaskAccepted(task_id=task_id, status=states.PENDING)
 
 
 async def submit_task_and_wait(
-    *, client: CeleryClient, metrics: Metrics, body: TaskSubmit, wait: float
+    *, client: CeleryClient, metrics: SubmitCounter, body: TaskSubmit, wait: float
 ) -> TaskInfo:
     """Send a task and wait up to ``wait`` seconds for it to finish (listening before it
     is sent, so a fast result is never missed); the task as ``get_task`` shows it."""
@@ -76,7 +84,7 @@ async def submit_task_and_wait(
     task_id, meta = await client.submit_and_wait_async(
         body.task, body.args, body.kwargs, timeout=wait, task_id=options.pop("task_id"), **options
     )
-    metrics.tasks_submitted.labels(task=body.task, queue=client.resolve_queue(body.task, body.queue)).inc()
+    metrics.count_submitted(task=body.task, queue=client.resolve_queue(body.task, body.queue))
     return _info_from_meta(task_id, meta)
 
 
@@ -100,9 +108,7 @@ def _error(value: Any) -> TaskError | None:
 
 
 def _info_from_meta(task_id: str, meta: dict[str, Any]) -> TaskInfo:
-    status = meta.get("status") or states.PENDING
-    if status == states.RECEIVED:
-        status = states.PENDING
+    status = public_state(meta.get("status"))  # as the batch read shows it
     raw = meta.get("result")
     progress = TaskProgress(**raw) if status == "PROGRESS" and isinstance(raw, dict) else None
     error = _error(raw) if status in (states.FAILURE, states.RETRY, states.REVOKED) else None
@@ -171,7 +177,9 @@ def revoke_task(*, client: CeleryClient, task_id: str, terminate: bool) -> TaskA
     return TaskAccepted(task_id=task_id, status=states.REVOKED)
 
 
-def submit_workflow(*, client: CeleryClient, metrics: Metrics, body: WorkflowSubmit) -> WorkflowAccepted:
+def submit_workflow(
+    *, client: CeleryClient, metrics: SubmitCounter, body: WorkflowSubmit
+) -> WorkflowAccepted:
     """Send a chain, group or chord of public tasks."""
     callback = body.callback
     if (body.type == "chord") != (callback is not None):
@@ -180,7 +188,7 @@ def submit_workflow(*, client: CeleryClient, metrics: Metrics, body: WorkflowSub
             if callback is None
             else (f"a {body.type} takes no callback; use type chord")
         )
-        raise ApiError(422, "validation_error", message, [{"field": "callback", "message": message}])
+        raise InvalidInputError(message, field="callback")
     steps = [*body.steps, *([callback] if callback else [])]
     for step in steps:
         require_public(client, step.task)
@@ -199,7 +207,7 @@ def submit_workflow(*, client: CeleryClient, metrics: Metrics, body: WorkflowSub
         ids = [child.id for child in group.results]
         workflow_id = group.id
     for step in steps:
-        metrics.tasks_submitted.labels(task=step.task, queue=client.resolve_queue(step.task)).inc()
+        metrics.count_submitted(task=step.task, queue=client.resolve_queue(step.task))
     return WorkflowAccepted(workflow_id=workflow_id, task_ids=ids)
 
 

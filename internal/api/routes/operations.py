@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from internal.api.deps import get_client
-from internal.api.routes.tasks import ERRORS
-from internal.api.schemas import QueueLengths, Readiness, WorkerList
+from internal.api.deps import ClientDep, EngineDep, RedisDep
+from internal.api.routes._common import ERRORS
+from internal.schemas import QueueLengths, Readiness, WorkerList
 from internal.services import operations as service
-from pkg.celery_task import CeleryClient
 
 router = APIRouter(tags=["operations"])
 probes = APIRouter(tags=["operations"])
 
-Client = Annotated[CeleryClient, Depends(get_client)]
-
 
 @router.get("/queues", response_model=QueueLengths, responses=ERRORS)
-def queue_lengths(client: Client) -> QueueLengths:
+def queue_lengths(client: ClientDep) -> QueueLengths:
     """Messages waiting per queue (priority sub-queues summed)."""
     return QueueLengths(queues=service.queue_lengths(client=client))
 
 
 @router.get("/workers", response_model=WorkerList, responses=ERRORS)
-async def workers(client: Client) -> WorkerList:
+async def workers(client: ClientDep) -> WorkerList:
     """Workers answering within 1 s, with active tasks, processed counts, pool, queues."""
     return WorkerList(workers=await service.list_workers(client=client))
 
@@ -39,9 +34,9 @@ async def healthz() -> dict[str, str]:
 
 
 @probes.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(client: Client) -> JSONResponse:
+async def readyz(client: ClientDep, engine: EngineDep, redis: RedisDep) -> JSONResponse:
     """Broker, result backend, database and Redis reachable; 503 if any is not."""
-    report = await service.readiness(client=client)
+    report = await service.readiness(client=client, engine=engine, redis=redis)
     return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
 
 

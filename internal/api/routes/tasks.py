@@ -5,20 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from celery import states
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from internal.api.deps import get_client, get_metrics
-from internal.api.metrics import Metrics
-from internal.api.schemas import ErrorBody, StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
+from internal.api.deps import ClientDep, MetricsDep
+from internal.api.routes._common import ERRORS, IdPath
+from internal.schemas import StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
 from internal.services import tasks as service
-from pkg.celery_task import CeleryClient
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-Client = Annotated[CeleryClient, Depends(get_client)]
-TaskIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
 
 
 @router.post(
@@ -29,8 +24,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 )
 async def submit_task(
     body: TaskSubmit,
-    client: Client,
-    metrics: Annotated[Metrics, Depends(get_metrics)],
+    client: ClientDep,
+    metrics: MetricsDep,
     wait: Annotated[
         float,
         Query(
@@ -53,15 +48,15 @@ async def submit_task(
 
 
 @router.post("/status", response_model=StatusesOut, responses=ERRORS)
-async def task_statuses(body: StatusesQuery, client: Client) -> StatusesOut:
+async def task_statuses(body: StatusesQuery, client: ClientDep) -> StatusesOut:
     """Statuses of up to 1000 tasks in one Redis round trip."""
     return StatusesOut(statuses=await service.get_task_statuses(client=client, task_ids=body.task_ids))
 
 
 @router.get("/{task_id}", response_model=TaskInfo, responses=ERRORS)
 async def get_task(
-    task_id: TaskIdPath,
-    client: Client,
+    task_id: IdPath,
+    client: ClientDep,
     wait: Annotated[
         float,
         Query(ge=0, le=60, description="long-poll: answer when the task is done, or after this many seconds"),
@@ -74,8 +69,8 @@ async def get_task(
 
 @router.delete("/{task_id}", status_code=202, response_model=TaskAccepted, responses=ERRORS)
 def revoke_task(
-    task_id: TaskIdPath,
-    client: Client,
+    task_id: IdPath,
+    client: ClientDep,
     terminate: Annotated[bool, Query(description="also stop it if running")] = False,
 ) -> TaskAccepted:
     """Revoke a task: a queued one never runs; with ``terminate`` a running one stops."""

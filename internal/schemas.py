@@ -1,4 +1,6 @@
-"""Request and response bodies of the HTTP API. Field names are a contract with clients."""
+"""Request and response bodies of the HTTP API, shared by the routes (which parse and
+return them) and the services (which take and build them). Field names are a contract
+with clients. The error body lives with its handlers in ``internal/api/errors.py``."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 from pkg.celery_task import ENTRY_NAME_PATTERN, ID_PATTERN, MAX_DELAY
 
 __all__ = [
+    "CheckOut",
     "DeadLetter",
     "DeadLetterList",
-    "ErrorBody",
     "PeriodicTask",
     "PeriodicTaskCreate",
     "PeriodicTaskList",
@@ -36,10 +38,11 @@ __all__ = [
     "WorkflowSubmit",
 ]
 
-_NAME = f"^{ID_PATTERN}$"
-TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
-TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NAME)]
-QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_NAME)]
+#: Task names, task ids, queue names and dead-letter ids: ``A-Z a-z 0-9 _ . : -``.
+IDENTIFIER = f"^{ID_PATTERN}$"
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=IDENTIFIER)]
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=IDENTIFIER)]
+QueueName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=IDENTIFIER)]
 #: Letters, digits, ``_ . : - * / , +`` and inner spaces; never a leading ``:``.
 ENTRY_NAME = f"^{ENTRY_NAME_PATTERN}$"
 EntryName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ENTRY_NAME)]
@@ -295,17 +298,3 @@ class DeadLetterList(BaseModel):
 
     total: int
     dead_letters: list[DeadLetter]
-
-
-class ErrorDetail(BaseModel):
-    """Error fields."""
-
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx answer."""
-
-    error: ErrorDetail
