@@ -14,6 +14,7 @@ from celery import Celery
 from ._conf import is_redis_url
 from ._errors import BROKER_ERRORS, unreachable
 from ._options import options_of
+from ._redis import clients_for
 from .worker import PRIORITY_STEPS, redis_priority_queue_keys
 
 __all__ = ["Operations"]
@@ -90,14 +91,25 @@ class Operations:
         return report
 
     def _ping_broker(self, timeout: float) -> None:
-        with self.broker_connection(timeout) as conn:
-            if self.redis_broker:
-                conn.default_channel.client.ping()
+        if self.redis_broker:
+            self._ping_redis(self.url, timeout)
+            return
+        with self.broker_connection(timeout):
+            pass
 
     def _ping_backend(self, timeout: float) -> None:
-        client = getattr(self.app.backend, "client", None)
-        if client is not None:
+        backend_url = self.app.conf.result_backend
+        if is_redis_url(backend_url):
+            self._ping_redis(str(backend_url), timeout)
+
+    def _ping_redis(self, url: str, timeout: float) -> None:
+        """PING on a fresh connection bounded by ``timeout`` (pooled clients wait their
+        10 s socket timeout on a Redis that accepts connections but does not answer)."""
+        client = clients_for(self.app).sync_client(url, timeout)
+        try:
             client.ping()
+        finally:
+            client.close()
 
 
 def _probe(probe: Callable[[float], None], timeout: float) -> dict[str, Any]:

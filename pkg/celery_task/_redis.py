@@ -10,7 +10,7 @@ event loop.
 from __future__ import annotations
 
 import weakref
-from typing import Any, cast
+from typing import cast
 
 import redis
 import redis.asyncio
@@ -87,9 +87,10 @@ class RedisClients:
         closing the client disconnects the pool's connections too."""
         return redis.asyncio.Redis.from_pool(self.async_pool(url))
 
-    def sync_client(self, url: str, **options: Any) -> redis.Redis:
-        """A short-lived client for a one-off check (credentials, a probe)."""
-        return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, **options)
+    def sync_client(self, url: str, timeout: float = 2.0) -> redis.Redis:
+        """A short-lived client for a one-off check (credentials, a probe) whose every
+        connect and read gives up after ``timeout`` s (close it after use)."""
+        return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
 _registry: weakref.WeakKeyDictionary[Celery, RedisClients] = weakref.WeakKeyDictionary()
