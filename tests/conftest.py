@@ -67,15 +67,25 @@ def session_db() -> RedisDb:
     return _session_db
 
 
-@pytest.fixture()
-def redis_db() -> Iterator[RedisDb]:
-    """A further, empty Redis database for one test."""
+def _reserved_db() -> Iterator[RedisDb]:
     require_redis()
     db = reserve_redis_db()
     try:
         yield db
     finally:
         db.release()
+
+
+@pytest.fixture()
+def redis_db() -> Iterator[RedisDb]:
+    """A further, empty Redis database for one test."""
+    yield from _reserved_db()
+
+
+@pytest.fixture()
+def other_redis_db() -> Iterator[RedisDb]:
+    """A second empty database for one test, besides ``redis_db``."""
+    yield from _reserved_db()
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 
 from internal.config.setting import Settings, load_settings
-from tests.support.services import HOST, RedisDb, require_redis, reserve_redis_db
+from tests.support.services import HOST, RedisDb
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +54,6 @@ def _queued_task_ids(db: RedisDb) -> set[str]:
             with contextlib.suppress(ValueError, TypeError):
                 ids.add(json.loads(raw)["headers"]["id"])
     return ids
-
-
-@pytest.fixture()
-def other_redis_db() -> Iterator[RedisDb]:
-    """A second empty database for one test, besides ``redis_db``."""
-    require_redis()
-    db = reserve_redis_db()
-    try:
-        yield db
-    finally:
-        db.release()
 
 
 def test_two_apps_in_one_process_use_their_own_redis_and_database(

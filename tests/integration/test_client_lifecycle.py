@@ -72,29 +72,19 @@ def test_concurrent_first_submits_on_a_loop_leave_no_connection_behind(redis_db:
     assert _connections(redis_db) <= baseline
 
 
-def test_a_callers_redis_client_holds_the_schedule(redis_db: RedisDb) -> None:
-    from tests.support.services import reserve_redis_db
-
-    other = reserve_redis_db()
-    try:
-        own = redis.Redis(host="127.0.0.1", port=6379, db=other.number, decode_responses=True)
-        client = _client(redis_db, redis_client=own)
-        client.load_tasks()
-        client.add_periodic_task("celery.backend_cleanup", "interval", 3600, name="lifecycle-entry")
-        assert [e["name"] for e in client.list_periodic_tasks()] == ["lifecycle-entry"]
-        assert other.client.exists("redbeat:lifecycle-entry") == 1
-        assert redis_db.client.exists("redbeat:lifecycle-entry") == 0
-        client.close()
-        pooled = _client(
-            redis_db,
-            redis_client=redis.ConnectionPool(
-                host="127.0.0.1", port=6379, db=other.number, decode_responses=True
-            ),
-        )
-        assert [e["name"] for e in pooled.list_periodic_tasks()] == ["lifecycle-entry"]
-        pooled.close()
-    finally:
-        other.release()
+def test_a_callers_redis_client_holds_the_schedule(redis_db: RedisDb, other_redis_db: RedisDb) -> None:
+    own = redis.Redis(host="127.0.0.1", port=6379, db=other_redis_db.number, decode_responses=True)
+    client = _client(redis_db, redis_client=own)
+    client.load_tasks()
+    client.add_periodic_task("celery.backend_cleanup", "interval", 3600, name="lifecycle-entry")
+    assert [e["name"] for e in client.list_periodic_tasks()] == ["lifecycle-entry"]
+    assert other_redis_db.client.exists("redbeat:lifecycle-entry") == 1
+    assert redis_db.client.exists("redbeat:lifecycle-entry") == 0
+    client.close()
+    pool = redis.ConnectionPool(host="127.0.0.1", port=6379, db=other_redis_db.number, decode_responses=True)
+    pooled = _client(redis_db, redis_client=pool)
+    assert [e["name"] for e in pooled.list_periodic_tasks()] == ["lifecycle-entry"]
+    pooled.close()
 
 
 def test_a_redis_client_that_does_not_decode_is_refused(redis_db: RedisDb) -> None:
