@@ -54,7 +54,7 @@ from ._errors import (
     TaskIdInUseError,
     UnknownTaskError,
 )
-from ._fastpath import FAST_OPTIONS, MessageFactory, pipeline_commands
+from ._fastpath import MessageFactory, fast_path_supports, pipeline_commands
 from ._limits import (
     MAX_DELAY,
     MAX_EXPIRES,
@@ -829,7 +829,7 @@ class CeleryClient:
         return _scheme(self.broker_url) in _REDIS_SCHEMES and not transport_options.get("global_keyprefix")
 
     def _fast_path_ok(self, requests: Sequence[TaskRequest]) -> bool:
-        return self._redis_broker and all(r.options.keys() <= FAST_OPTIONS for r in requests)
+        return self._redis_broker and all(fast_path_supports(self.app, r) for r in requests)
 
     def submit_many(
         self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, chunk_size: int = 1000
