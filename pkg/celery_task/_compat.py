@@ -213,6 +213,28 @@ def wrap_control_command(name: str, wrap: Callable[[Callable[..., Any]], Callabl
 #   every task costs about a fifth of ``send_task``'s time (PERF-NOTES), and
 #   ``submit_many`` and ``submit_async`` return ids, so for them it is only that cost.
 
+#: Steps of ``Celery.send_task`` (Celery 5.7, whitespace collapsed) that
+#: ``_fastpath.prepare_task`` and :func:`create_task_message` reproduce, and the side
+#: effects after them that ``_fastpath.fast_path_supports`` leaves to ``send_task``
+#: (the pinning test checks Celery still has each).
+SEND_TASK_STEPS: tuple[str, ...] = (
+    "registry = self._tasks",
+    "task_exec_options = get_exec_options()",
+    "options = dict(filtered_opts, **options)",
+    "if expires is _OMITTED: expires = options.pop('expires', None) else: options.pop('expires', None)",
+    "ignore_result = options.pop('ignore_result', None)",
+    "options = router.route( options, route_name or name, args, kwargs, task_type)",
+    'options["expiration"] = expires_s',
+    "root_id = parent.request.root_id or parent.request.id",
+    "message = amqp.create_task_message( task_id, name, args, kwargs, countdown, eta, group_id, group_index,"
+    " expires, retries, chord, maybe_list(link), maybe_list(link_error), reply_to or self.thread_oid,"
+    " time_limit, soft_time_limit, self.conf.task_send_sent_event, root_id, parent_id, shadow, chain,"
+    " ignore_result=ignore_result, replaced_task_nesting=replaced_task_nesting, **options )",
+    "self.backend.on_task_call(P, task_id)",
+    "amqp.send_task_message(P, name, message, **options)",
+    "parent.add_trail(result)",
+)
+
 #: ``AMQP.create_task_message`` (``as_task_v2``) parameters in Celery 5.7, in order.
 #: ``send_task`` passes the first 21 positionally.
 CREATE_TASK_MESSAGE_PARAMETERS: tuple[str, ...] = (
@@ -326,14 +348,22 @@ def publish_to_batch(channel: Any, message: Any, batch: Any, **publish_kwargs: A
     channel.basic_publish(message, _publish_batch=batch, **publish_kwargs)
 
 
+#: :func:`task_call_hook_skippable` per backend class (it is asked once per task).
+_HOOK_SKIPPABLE: dict[type, bool] = {}
+
+
 def task_call_hook_skippable(backend: Any) -> bool:
     """True if the backend's ``on_task_call`` is Celery's no-op or its Redis backend's
     result subscription, which leaves nothing behind once the result is collected."""
-    from celery.backends.base import BaseBackend
-    from celery.backends.redis import RedisBackend
+    kind = type(backend)
+    known = _HOOK_SKIPPABLE.get(kind)
+    if known is None:
+        from celery.backends.base import BaseBackend
+        from celery.backends.redis import RedisBackend
 
-    hook = getattr(type(backend), "on_task_call", None)
-    return hook is BaseBackend.on_task_call or hook is RedisBackend.on_task_call
+        hook = getattr(kind, "on_task_call", None)
+        known = _HOOK_SKIPPABLE[kind] = hook is BaseBackend.on_task_call or hook is RedisBackend.on_task_call
+    return known
 
 
 # == Results backend (Celery's Redis backend) =========================================
