@@ -348,22 +348,20 @@ def publish_to_batch(channel: Any, message: Any, batch: Any, **publish_kwargs: A
     channel.basic_publish(message, _publish_batch=batch, **publish_kwargs)
 
 
-#: :func:`task_call_hook_skippable` per backend class (it is asked once per task).
-_HOOK_SKIPPABLE: dict[type, bool] = {}
+#: The ``on_task_call`` functions :func:`task_call_hook_skippable` accepts, once imported.
+_SKIPPABLE_HOOKS: tuple[Any, ...] = ()
 
 
 def task_call_hook_skippable(backend: Any) -> bool:
     """True if the backend's ``on_task_call`` is Celery's no-op or its Redis backend's
     result subscription, which leaves nothing behind once the result is collected."""
-    kind = type(backend)
-    known = _HOOK_SKIPPABLE.get(kind)
-    if known is None:
+    global _SKIPPABLE_HOOKS
+    if not _SKIPPABLE_HOOKS:
         from celery.backends.base import BaseBackend
         from celery.backends.redis import RedisBackend
 
-        hook = getattr(kind, "on_task_call", None)
-        known = _HOOK_SKIPPABLE[kind] = hook is BaseBackend.on_task_call or hook is RedisBackend.on_task_call
-    return known
+        _SKIPPABLE_HOOKS = (BaseBackend.on_task_call, RedisBackend.on_task_call)
+    return getattr(type(backend), "on_task_call", None) in _SKIPPABLE_HOOKS
 
 
 # == Results backend (Celery's Redis backend) =========================================
