@@ -17,11 +17,7 @@ from pkg.celery_task import CeleryClient, InvalidPriorityError, TaskRequest
 from tests.conftest import Stack
 from tests.support.services import RedisDb
 
-pytestmark = [
-    pytest.mark.integration,
-    # tests.defaults has a task-level priority, which Celery honours and calls deprecated
-    pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning"),
-]
+pytestmark = pytest.mark.integration
 
 #: Differ between any two publishes by design: a fresh delivery tag, the Lamport clock
 #: and the wall-clock time of the event.
@@ -107,7 +103,7 @@ CASES = [
     ),
     ("math.number_sum", [5, 6], {}, {"expires": 3600.0, "priority": 0}),
     ("math.number_sum", [7, 8], {}, {"countdown": 30}),
-    # the task's own defaults: expires 600 s, priority 7, time limits 30/20 s
+    # the task's own defaults: expires 600 s, time limits 30/20 s
     ("tests.defaults", [1], {}, {}),
     ("tests.defaults", [2], {}, {"priority": 2, "queue": "default", "expires": 60}),
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import pytest
 from celery import Celery
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import BaseBackend
@@ -47,19 +46,16 @@ def test_registered_task_reads_the_registry_without_finalizing() -> None:
     )
 
 
-@pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning")  # task queue/priority
 def test_task_exec_defaults_are_the_set_exec_options() -> None:
     app = _app()
 
-    @app.task(name="pin.defaults", expires=10, priority=3, queue="q", time_limit=5)
+    @app.task(name="pin.defaults", expires=10, time_limit=5)
     def defaults() -> None: ...
 
     assert inspect.ismethod(getattr(defaults, "_get_exec_options", None)), (
         "Task._get_exec_options moved; review _compat.task_exec_defaults"
     )
     assert _compat.task_exec_defaults(defaults) == {
-        "queue": "q",
-        "priority": 3,
         "expires": 10,
         "serializer": "json",
         "time_limit": 5,
