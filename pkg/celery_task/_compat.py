@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -298,6 +299,188 @@ def compact_timer(timer: Any) -> int:
 
 
 # == Publishing: the fast path (kombu Producer, Celery amqp) ==========================
+#
+# ``_fastpath`` builds the messages of ``Celery.send_task`` with Celery's own code and
+# writes them pipelined. Public names it uses instead of private ones: kombu's
+# ``Producer.publish`` (no more copy of it calling ``Producer._delivery_details`` and
+# ``_prepare``), ``Router.routes`` / ``MapRoute``, ``Backend.on_task_call``.
+#
+# - ``send_task`` reads the task registry as ``app._tasks``: ``app.tasks`` finalizes the
+#   app. :func:`registered_task` reads it the same way.
+# - ``send_task`` takes a task's defaults (queue, priority, expires, time limits, ...)
+#   from ``Task._get_exec_options``: :func:`task_exec_defaults`.
+# - ``AMQP.create_task_message`` is public, but ``send_task`` passes it 21 positional
+#   arguments. :func:`create_task_message` passes every field by name, and the pinning
+#   test checks its parameters are still exactly :data:`CREATE_TASK_MESSAGE_PARAMETERS`,
+#   so a parameter added upstream fails a test instead of shifting values.
+# - kombu's Redis channel turns a message into its Redis commands (queue key, priority
+#   sub-queue, fanout topics, queue expiry) in ``basic_publish``; given
+#   ``_publish_batch=``, the protocol of kombu's own ``PublishBatch``, it hands each one
+#   to ``batch.add(name, *args)`` instead of sending it: :func:`publish_to_batch`. The
+#   public way, ``Producer.batch()`` / ``Channel.create_publish_batch`` (kombu 5.7),
+#   runs those commands itself, on a non-transactional redis-py pipeline. It cannot give
+#   ``submit_many`` one MULTI/EXEC per chunk (the ``sent_ids`` contract), cannot hand
+#   the commands to redis.asyncio (``submit_async``), and cannot capture the first
+#   message of a shape as a template. The templates give the measured figures: ``submit``
+#   at 0.43-0.48 of ``send_task``'s cost, ``submit_many`` at 10x a ``send_task`` loop
+#   (README, Performance).
+# - ``RedisBackend.on_task_call`` only subscribes this process to the result channel of
+#   the task. The ``AsyncResult`` unsubscribes when it is collected (``__del__`` ->
+#   ``remove_pending_result`` -> ``cancel_for``), and ``get()`` subscribes again by
+#   itself. :func:`task_call_hook_skippable` lets the fast path leave out that hook and
+#   Celery's base no-op, and nothing else. Doing that subscribe and unsubscribe for
+#   every task costs about a fifth of ``send_task``'s time (PERF-NOTES), and
+#   ``submit_many`` and ``submit_async`` return ids, so for them it is only that cost.
+
+#: Steps of ``Celery.send_task`` (Celery 5.7, whitespace collapsed) that
+#: ``_fastpath.prepare_task`` and :func:`create_task_message` reproduce, and the side
+#: effects after them that ``_fastpath.fast_path_supports`` leaves to ``send_task``
+#: (the pinning test checks Celery still has each).
+SEND_TASK_STEPS: tuple[str, ...] = (
+    "registry = self._tasks",
+    "task_exec_options = get_exec_options()",
+    "options = dict(filtered_opts, **options)",
+    "if expires is _OMITTED: expires = options.pop('expires', None) else: options.pop('expires', None)",
+    "ignore_result = options.pop('ignore_result', None)",
+    "options = router.route( options, route_name or name, args, kwargs, task_type)",
+    'options["expiration"] = expires_s',
+    "root_id = parent.request.root_id or parent.request.id",
+    "message = amqp.create_task_message( task_id, name, args, kwargs, countdown, eta, group_id, group_index,"
+    " expires, retries, chord, maybe_list(link), maybe_list(link_error), reply_to or self.thread_oid,"
+    " time_limit, soft_time_limit, self.conf.task_send_sent_event, root_id, parent_id, shadow, chain,"
+    " ignore_result=ignore_result, replaced_task_nesting=replaced_task_nesting, **options )",
+    "self.backend.on_task_call(P, task_id)",
+    "amqp.send_task_message(P, name, message, **options)",
+    "parent.add_trail(result)",
+)
+
+#: ``AMQP.create_task_message`` (``as_task_v2``) parameters in Celery 5.7, in order.
+#: ``send_task`` passes the first 21 positionally.
+CREATE_TASK_MESSAGE_PARAMETERS: tuple[str, ...] = (
+    "task_id",
+    "name",
+    "args",
+    "kwargs",
+    "countdown",
+    "eta",
+    "group_id",
+    "group_index",
+    "expires",
+    "retries",
+    "chord",
+    "callbacks",
+    "errbacks",
+    "reply_to",
+    "time_limit",
+    "soft_time_limit",
+    "create_sent_event",
+    "root_id",
+    "parent_id",
+    "shadow",
+    "chain",
+    "now",
+    "timezone",
+    "origin",
+    "ignore_result",
+    "argsrepr",
+    "kwargsrepr",
+    "stamped_headers",
+    "replaced_task_nesting",
+    "options",
+)
+
+
+def registered_task(app: Any, name: str) -> Any:
+    """The registered task ``name`` or ``None``, read as ``send_task`` reads it (without
+    finalizing the app)."""
+    registry = app._tasks
+    get = getattr(registry, "get", None)
+    if callable(get):
+        return get(name)
+    try:
+        return registry[name]
+    except KeyError:
+        return None
+
+
+def task_exec_defaults(task: Any) -> dict[str, Any]:
+    """The task's execution options that are set, as ``send_task`` merges them under
+    the caller's options."""
+    get_exec_options = getattr(task, "_get_exec_options", None)
+    if not inspect.ismethod(get_exec_options):
+        return {}
+    return {k: v for k, v in (get_exec_options() or {}).items() if v is not None}
+
+
+def create_task_message(
+    app: Any,
+    *,
+    task_id: str,
+    name: str,
+    args: Any,
+    kwargs: Any,
+    countdown: Any,
+    eta: Any,
+    expires: Any,
+    reply_to: str,
+    time_limit: Any,
+    soft_time_limit: Any,
+    create_sent_event: bool,
+    root_id: str | None,
+    parent_id: str | None,
+    ignore_result: Any,
+    options: dict[str, Any],
+) -> Any:
+    """``app.amqp.create_task_message`` as ``send_task`` calls it for a task without
+    group, chord, links, shadow or chain, every field passed by name."""
+    return app.amqp.create_task_message(
+        task_id=task_id,
+        name=name,
+        args=args,
+        kwargs=kwargs,
+        countdown=countdown,
+        eta=eta,
+        group_id=None,
+        group_index=None,
+        expires=expires,
+        retries=0,
+        chord=None,
+        callbacks=None,  # maybe_list(None), as send_task passes them
+        errbacks=None,
+        reply_to=reply_to,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        create_sent_event=create_sent_event,
+        root_id=root_id,
+        parent_id=parent_id,
+        shadow=None,
+        chain=None,
+        ignore_result=ignore_result,
+        replaced_task_nesting=0,
+        **options,
+    )
+
+
+def publish_to_batch(channel: Any, message: Any, batch: Any, **publish_kwargs: Any) -> None:
+    """Route ``message`` as ``channel.basic_publish`` does, handing each Redis command it
+    would send to ``batch.add(name, *args)`` instead (no I/O)."""
+    channel.basic_publish(message, _publish_batch=batch, **publish_kwargs)
+
+
+#: The ``on_task_call`` functions :func:`task_call_hook_skippable` accepts, once imported.
+_SKIPPABLE_HOOKS: tuple[Any, ...] = ()
+
+
+def task_call_hook_skippable(backend: Any) -> bool:
+    """True if the backend's ``on_task_call`` is Celery's no-op or its Redis backend's
+    result subscription, which leaves nothing behind once the result is collected."""
+    global _SKIPPABLE_HOOKS
+    if not _SKIPPABLE_HOOKS:
+        from celery.backends.base import BaseBackend
+        from celery.backends.redis import RedisBackend
+
+        _SKIPPABLE_HOOKS = (BaseBackend.on_task_call, RedisBackend.on_task_call)
+    return getattr(type(backend), "on_task_call", None) in _SKIPPABLE_HOOKS
 
 
 # == Results backend (Celery's Redis backend) =========================================

@@ -1,14 +1,14 @@
 """Pipelined publishing of exactly the messages Celery's ``send_task`` publishes.
 
 Celery's own code builds every message (``amqp.create_task_message``) and sends it
-(``amqp.send_task_message``: routing, signals, the ``task-sent`` event). What changes is
-the producer handed to it: :class:`CapturingProducer` repeats kombu's
-``Producer.publish`` steps without its per-message retry wrapper and entity
-re-declaration, and hands each message to kombu's Redis channel with a publish batch,
-so the channel itself computes keys and priority sub-queues while the Redis commands
-are buffered. They then run in one pipeline per chunk (sync) or on redis.asyncio.
+(``amqp.send_task_message``: routing, signals, the ``task-sent`` event) through a kombu
+``Producer`` whose channel hands the Redis commands of each message to a buffer instead
+of sending them, so kombu's Redis channel itself computes keys and priority sub-queues.
+They then run in one pipeline per chunk (sync) or on redis.asyncio.
 
-Only the Redis transport is supported; callers fall back to ``send_task`` otherwise.
+:func:`fast_path_supports` says which requests this reproduces exactly; the others go
+through ``send_task``. Only the Redis transport is supported. The private Celery and
+kombu names this relies on are in ``_compat`` (section "Publishing").
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery, signals
-from celery.utils.functional import maybe_list
+from celery.app.routes import MapRoute
 from celery.utils.saferepr import saferepr
-from celery.utils.time import maybe_make_aware, utcoffset
-from kombu.common import maybe_declare
-from kombu.entity import Queue
+from celery.utils.time import subtract_datetimes, utcoffset
+from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 from kombu.utils.uuid import uuid
 
+from . import _compat
 from ._request import TaskRequest, json_text
 
 __all__ = [
-    "CapturingProducer",
+    "FAST_OPTIONS",
     "CommandBuffer",
     "MessageFactory",
     "PreparedTask",
+    "fast_path_supports",
     "pipeline_commands",
     "prepare_task",
 ]
@@ -52,8 +53,32 @@ class PreparedTask:
 
 
 #: Options the fast path passes through; anything else (links, chords, custom
-#: exchanges, ...) goes through Celery's ``send_task`` unchanged.
+#: exchanges, time limits, ...) goes through Celery's ``send_task`` unchanged.
 FAST_OPTIONS = frozenset({"queue", "priority", "countdown", "eta", "expires", "task_id"})
+
+#: ``send_task``'s marker for "not given": an explicit ``expires=None`` clears a task's
+#: default expiry, an omitted one keeps it (likewise the time limits).
+_OMITTED: Any = object()
+
+
+def fast_path_supports(app: Celery, request: TaskRequest) -> bool:
+    """True if the fast path publishes for the validated ``request`` exactly what
+    ``app.send_task(name, args, kwargs, **request.options)`` would, with the same side
+    effects; otherwise send it with ``send_task``."""
+    options = request.options
+    if not options.keys() <= FAST_OPTIONS:
+        return False
+    expires = options.get("expires")
+    if isinstance(expires, datetime):
+        if subtract_datetimes(expires, app.now()).total_seconds() < 0:
+            return False  # send_task warns about an expiry in the past
+    elif expires is not None and (not isinstance(expires, int | float) or expires < 0):
+        return False
+    # Inside a running task send_task records the child in the parent's request after
+    # the message is written, which a caller's pipeline would have to report back.
+    if app.current_worker_task is not None:
+        return False
+    return not app.conf.task_always_eager and _compat.task_call_hook_skippable(app.backend)
 
 
 def prepare_task(
@@ -65,26 +90,30 @@ def prepare_task(
     task_id: str | None = None,
     countdown: float | None = None,
     eta: datetime | None = None,
-    expires: float | datetime | None = None,
+    expires: Any = _OMITTED,
+    time_limit: Any = _OMITTED,
+    soft_time_limit: Any = _OMITTED,
     **options: Any,
 ) -> PreparedTask:
-    """What ``Celery.send_task`` does before publishing, for the options in
-    :data:`FAST_OPTIONS`: registry defaults, routing, expiry, parent ids, message."""
+    """What ``Celery.send_task`` does before publishing, step by step: registry
+    defaults, routing, expiry, parent ids, message (no group, chord, links, shadow)."""
     task_id = task_id or uuid()
-    task_type = app.tasks.get(name)
+    task_type = _compat.registered_task(app, name)
     if task_type is not None:
-        defaults = {k: v for k, v in task_type._get_exec_options().items() if v is not None}
+        defaults = _compat.task_exec_defaults(task_type)
         if defaults:
             options = dict(defaults, **options)
-    time_limit = options.pop("time_limit", None)
-    soft_time_limit = options.pop("soft_time_limit", None)
+    default_time_limit = options.pop("time_limit", None)
+    time_limit = default_time_limit if time_limit is _OMITTED else time_limit
+    default_soft_time_limit = options.pop("soft_time_limit", None)
+    soft_time_limit = default_soft_time_limit if soft_time_limit is _OMITTED else soft_time_limit
     default_expires = options.pop("expires", None)
-    expires = expires if expires is not None else default_expires
+    expires = default_expires if expires is _OMITTED else expires
     ignore_result = options.pop("ignore_result", None)
     options = app.amqp.router.route(options, name, args, kwargs, task_type)
     if expires is not None:
         if isinstance(expires, datetime):
-            expires_s = (maybe_make_aware(expires) - app.now()).total_seconds()
+            expires_s = subtract_datetimes(expires, app.now()).total_seconds()
         else:
             expires_s = expires
         options["expiration"] = max(expires_s, 0)
@@ -95,31 +124,23 @@ def prepare_task(
         parent_id = parent.request.id
         if app.conf.task_inherit_parent_priority:
             options.setdefault("priority", parent.request.delivery_info.get("priority"))
-    message = app.amqp.create_task_message(
-        task_id,
-        name,
-        args,
-        kwargs,
-        countdown,
-        eta,
-        None,
-        None,
-        expires,
-        0,
-        None,
-        maybe_list(None),
-        maybe_list(None),
-        app.thread_oid,
-        time_limit,
-        soft_time_limit,
-        app.conf.task_send_sent_event,
-        root_id,
-        parent_id,
-        None,
-        None,
+    message = _compat.create_task_message(
+        app,
+        task_id=task_id,
+        name=name,
+        args=args,
+        kwargs=kwargs,
+        countdown=countdown,
+        eta=eta,
+        expires=expires,
+        reply_to=app.thread_oid,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        create_sent_event=app.conf.task_send_sent_event,
+        root_id=root_id,
+        parent_id=parent_id,
         ignore_result=ignore_result,
-        replaced_task_nesting=0,
-        **options,
+        options=options,
     )
     for stamp in options.pop("stamped_headers", []):
         options.pop(stamp)
@@ -128,7 +149,7 @@ def prepare_task(
 
 class CommandBuffer:
     """Collects the Redis commands kombu's channel emits for each published message
-    (the ``_publish_batch`` protocol of kombu's Redis transport)."""
+    (the ``add`` half of the publish-batch protocol of kombu's Redis transport)."""
 
     def __init__(self) -> None:
         self.commands: list[tuple[str, tuple[Any, ...]]] = []
@@ -143,74 +164,31 @@ class CommandBuffer:
         return commands
 
 
-class CapturingProducer:
-    """Stands in for a kombu ``Producer`` in ``amqp.send_task_message`` and the event
-    dispatcher: same message as ``Producer.publish``, commands buffered, no I/O
-    (entities are declared once, through the real producer)."""
+class _BufferedChannel:
+    """A kombu channel whose ``basic_publish`` puts the message's Redis commands in a
+    :class:`CommandBuffer`; everything else (declaring, encoding) is the channel's."""
 
-    def __init__(self, producer: Any, buffer: CommandBuffer) -> None:
-        self.producer = producer
-        self.channel: kombu_redis.Channel = producer.channel
-        self.connection = producer.connection
-        self.buffer = buffer
-        self._declared: set[tuple[type, str]] = set()
+    def __init__(self, channel: kombu_redis.Channel, buffer: CommandBuffer) -> None:
+        self._channel = channel
+        self._buffer = buffer
 
-    def publish(
-        self,
-        body: Any,
-        routing_key: str | None = None,
-        delivery_mode: Any = None,
-        mandatory: bool = False,
-        immediate: bool = False,
-        priority: int = 0,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        serializer: str | None = None,
-        headers: dict[str, Any] | None = None,
-        compression: str | None = None,
-        exchange: Any = None,
-        retry: bool = False,
-        retry_policy: Any = None,
-        declare: Any = None,
-        expiration: float | None = None,
-        timeout: float | None = None,
-        confirm_timeout: float | None = None,
-        **properties: Any,
-    ) -> None:
-        """kombu ``Producer.publish`` (kombu 5.7), minus retry wrapping and I/O."""
-        producer = self.producer
-        headers = {} if headers is None else headers
-        routing_key = producer.routing_key if routing_key is None else routing_key
-        compression = producer.compression if compression is None else compression
-        exchange_name, properties["delivery_mode"] = producer._delivery_details(
-            exchange or producer.exchange, delivery_mode
-        )
-        if expiration is not None:
-            properties["expiration"] = str(int(expiration * 1000))
-        body, content_type, content_encoding = producer._prepare(
-            body, serializer, content_type, content_encoding, compression, headers
-        )
-        for entity in declare or ():
-            key = (type(entity), entity.name)
-            if key not in self._declared:
-                maybe_declare(entity, self.channel)  # type: ignore[no-untyped-call]
-                self._declared.add(key)
-        message = self.channel.prepare_message(  # type: ignore[no-untyped-call]
-            body, priority, content_type, content_encoding, headers, properties
-        )
-        reply_to = properties.get("reply_to")
-        if isinstance(reply_to, Queue):
-            properties["reply_to"] = reply_to.name
-        self.channel.basic_publish(  # type: ignore[no-untyped-call]
-            message,
-            exchange=exchange_name,
-            routing_key=routing_key,
-            mandatory=mandatory,
-            immediate=immediate,
-            timeout=timeout,
-            confirm_timeout=confirm_timeout,
-            _publish_batch=self.buffer,
-        )
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    def basic_publish(self, message: Any, **publish_kwargs: Any) -> None:
+        """Buffer the commands that publish ``message``."""
+        _compat.publish_to_batch(self._channel, message, self._buffer, **publish_kwargs)
+
+
+class _BufferingProducer(Producer):
+    """kombu's ``Producer`` on a :class:`_BufferedChannel`, without publish retries: no
+    command reaches Redis here, and a retry's reconnect would rebind it to a real
+    channel (declaring does I/O once per entity; its errors reach the caller)."""
+
+    def publish(self, body: Any, **options: Any) -> None:  # type: ignore[override]
+        """``Producer.publish`` with ``retry`` off (Celery passes everything by name)."""
+        options["retry"] = False
+        super().publish(body, **options)  # type: ignore[no-untyped-call]
 
 
 Command = tuple[str, tuple[Any, ...]]
@@ -285,20 +263,30 @@ class MessageFactory:
     """Builds task messages (and their ``task-sent`` events) for the fast paths.
 
     The first message of each shape goes through Celery's own code (see
-    :func:`prepare_task` and :class:`CapturingProducer`); its output, decoded, becomes a
-    template. Later messages of that shape copy the template and set only what differs
-    per message, computed the way Celery computes it: task id, ``argsrepr`` and
-    ``kwargsrepr`` (``saferepr``), the body, delivery tags, the event's logical clock and
-    time. Shapes with an ETA, countdown or expiry, sends from inside a task, and apps
-    with publish-signal receivers always take Celery's path.
+    :func:`prepare_task`); its output, decoded, becomes a template. Later messages of
+    that shape copy the template and set only what differs per message, computed the way
+    Celery computes it: task id, ``argsrepr`` and ``kwargsrepr`` (``saferepr``), the
+    body, delivery tags, the event's logical clock and time. Messages with an ETA,
+    countdown or expiry (the caller's or the task's default), sends from inside a task,
+    apps with publish-signal receivers and apps whose routers are not plain
+    ``task_routes`` mappings (a router function may look at the arguments) always take
+    Celery's path.
     """
 
     def __init__(self, app: Celery, producer: Any) -> None:
         self.app = app
         self.buffer = CommandBuffer()
-        self.capture = CapturingProducer(producer, self.buffer)
         self.channel: kombu_redis.Channel = producer.channel
+        self.capture = _BufferingProducer(  # type: ignore[no-untyped-call]
+            _BufferedChannel(self.channel, self.buffer),
+            exchange=producer.exchange,
+            routing_key=producer.routing_key,
+            serializer=producer.serializer,
+            compression=producer.compression,
+            auto_declare=producer.auto_declare,
+        )
         self._templates: dict[tuple[Any, ...], _Template] = {}
+        self._static_routes = all(isinstance(route, MapRoute) for route in app.amqp.router.routes)
 
     def build(self, request: TaskRequest) -> tuple[str, list[Command]]:
         """The task id and the Redis commands that publish ``request``."""
@@ -317,7 +305,9 @@ class MessageFactory:
 
     def _shape(self, request: TaskRequest) -> tuple[Any, ...] | None:
         options = request.options
-        if set(options) - {"queue", "priority", "task_id"} or self.app.current_worker_task:
+        if set(options) - {"queue", "priority", "task_id"} or not self._static_routes:
+            return None
+        if self.app.current_worker_task:
             return None
         if (
             signals.before_task_publish.receivers
@@ -339,6 +329,8 @@ class MessageFactory:
             return None
         if headers.get("id") != task_id or properties.get("correlation_id") != task_id:
             return None
+        if headers.get("eta") or headers.get("expires") or "expiration" in properties:
+            return None  # times computed from the moment of sending (e.g. a task's expires)
         root_is_id = headers.get("root_id") == task_id
         body_encoding = properties.get("body_encoding")
         embed = json.loads(self._decode(message["body"], body_encoding))[2]

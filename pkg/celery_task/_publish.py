@@ -13,7 +13,7 @@ from celery import Celery
 
 from ._conf import is_redis_url
 from ._errors import BrokerUnavailableError, InvalidRequestError, unreachable
-from ._fastpath import FAST_OPTIONS, MessageFactory, pipeline_commands
+from ._fastpath import MessageFactory, fast_path_supports, pipeline_commands
 from ._request import TaskRequest
 from ._taskids import TaskIdClaims
 from ._validation import Validator
@@ -53,7 +53,7 @@ class Publisher:
 
     def fast_path_ok(self, requests: Iterable[TaskRequest]) -> bool:
         """Whether the fast path builds these requests exactly as ``send_task`` would."""
-        return self.redis_broker and all(r.options.keys() <= FAST_OPTIONS for r in requests)
+        return self.redis_broker and all(fast_path_supports(self.app, r) for r in requests)
 
     def submit(self, request: TaskRequest) -> str:
         """Validate, claim the caller's id, send; the task id."""

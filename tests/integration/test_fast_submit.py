@@ -53,15 +53,17 @@ def normalised(message: dict[str, Any]) -> dict[str, Any]:
     # (property) when sent, so both move between two sends; compared to the second.
     if "expiration" in message["properties"]:
         message["properties"]["expiration"] = int(message["properties"]["expiration"]) // 1000
-    if message["headers"].get("expires"):
-        message["headers"]["expires"] = int(datetime.fromisoformat(message["headers"]["expires"]).timestamp())
+    for name in ("expires", "eta"):
+        if message["headers"].get(name):
+            message["headers"][name] = int(datetime.fromisoformat(message["headers"][name]).timestamp())
     return message
 
 
 def same(left: dict[str, Any], right: dict[str, Any]) -> None:
-    """Equal, allowing relative expiry to move by the seconds between two sends."""
+    """Equal, allowing relative expiry and countdowns to move by the seconds between two
+    sends."""
     left, right = normalised(left), normalised(right)
-    for part, key in (("properties", "expiration"), ("headers", "expires")):
+    for part, key in (("properties", "expiration"), ("headers", "expires"), ("headers", "eta")):
         a, b = left[part].pop(key, None), right[part].pop(key, None)
         assert (a is None) == (b is None) and (a is None or abs(a - b) <= 5), (key, a, b)
     assert left == right
@@ -73,11 +75,13 @@ def same_event(left: dict[str, Any], right: dict[str, Any]) -> None:
     for body in (a, b):
         for name in VOLATILE_EVENT_FIELDS:
             body.pop(name)
-        if body.get("expires"):
-            body["expires"] = datetime.fromisoformat(body["expires"]).timestamp()
-    expires_a, expires_b = a.pop("expires", None), b.pop("expires", None)
-    assert (expires_a is None) == (expires_b is None)
-    assert expires_a is None or abs(expires_a - expires_b) <= 5
+        for name in ("expires", "eta"):
+            if body.get(name):
+                body[name] = datetime.fromisoformat(body[name]).timestamp()
+    for name in ("expires", "eta"):
+        value_a, value_b = a.pop(name, None), b.pop(name, None)
+        assert (value_a is None) == (value_b is None), name
+        assert value_a is None or abs(value_a - value_b) <= 5, name
     assert a == b
 
 
@@ -98,6 +102,10 @@ CASES = [
         },
     ),
     ("math.number_sum", [5, 6], {}, {"expires": 3600.0, "priority": 0}),
+    ("math.number_sum", [7, 8], {}, {"countdown": 30}),
+    # the task's own defaults: expires 600 s, time limits 30/20 s
+    ("tests.defaults", [1], {}, {}),
+    ("tests.defaults", [2], {}, {"priority": 2, "queue": "default", "expires": 60}),
 ]
 
 
@@ -105,6 +113,25 @@ CASES = [
 def test_messages_equal_send_task_field_by_field(
     client: CeleryClient, redis_db: RedisDb, unique: str, task: str, args: list, kwargs: dict, options: dict
 ) -> None:
+    compare_every_path(client, redis_db, unique, task, args, kwargs, options)
+
+
+def compare_every_path(
+    client: CeleryClient,
+    redis_db: RedisDb,
+    unique: str,
+    task: str,
+    args: list,
+    kwargs: dict,
+    options: dict,
+    *,
+    falls_back: bool = False,
+) -> None:
+    """Send one task with ``send_task``, then with submit_many, submit and submit_async
+    (twice each, with the caller's task id), and compare every message and event.
+
+    With ``falls_back``, submit_async runs ``send_task`` in a thread, whose
+    ``reply_to`` (Celery's id of the sending thread) differs by design."""
     pubsub = redis_db.client.pubsub()
     pubsub.psubscribe(f"/{redis_db.number}.celeryev/*")  # pub/sub spans databases: only ours
     pubsub.get_message(timeout=1)
@@ -162,6 +189,9 @@ def test_messages_equal_send_task_field_by_field(
     pubsub.close()
 
     assert reference["headers"]["task"] == task and reference["headers"]["id"] == task_id
+    if falls_back:
+        for message in (single, single_template):
+            message["properties"]["reply_to"] = reference["properties"]["reply_to"]
     for message in (bulk, bulk_template, plain, plain_template, single, single_template):
         assert message["_key"] == reference["_key"]  # same queue and priority sub-queue
         same(message, reference)
@@ -177,6 +207,128 @@ def test_messages_equal_send_task_field_by_field(
     ):
         same({**event, "body": ""}, {**reference_event, "body": ""})
         same_event(event, reference_event)
+
+
+def test_explicit_expires_none_clears_the_task_default_as_in_send_task(
+    client: CeleryClient, redis_db: RedisDb, unique: str
+) -> None:
+    client.app.send_task("tests.defaults", [1], task_id=f"ref-{unique}", expires=None)
+    (reference,) = drain(redis_db)
+    assert reference["headers"]["expires"] is None and "expiration" not in reference["properties"]
+    requests = [TaskRequest("tests.defaults", [1], options={"expires": None}) for _ in range(2)]
+    ids = client.submit_many(requests)  # the second could come from a template
+    sent = drain(redis_db)
+    assert [m["headers"]["id"] for m in sent] == ids
+    for message in sent:
+        message["headers"]["id"] = message["headers"]["root_id"] = reference["headers"]["id"]
+        message["properties"]["correlation_id"] = reference["properties"]["correlation_id"]
+        message.pop("body"), reference.pop("body", None)  # argsrepr and body hold only [1]
+        same(message, {**reference, "body": None} if "body" in message else reference)
+
+
+def test_a_task_default_expiry_counts_from_each_send(client: CeleryClient, redis_db: RedisDb) -> None:
+    """A template must not freeze the first message's absolute expiry time."""
+    client.submit("tests.defaults", [1])
+    time.sleep(1.5)
+    client.submit("tests.defaults", [1])
+    first, second = (datetime.fromisoformat(m["headers"]["expires"]) for m in drain(redis_db))
+    assert 1.4 <= (second - first).total_seconds() <= 5
+
+
+def test_a_router_function_sees_the_arguments_of_every_send(
+    client: CeleryClient, redis_db: RedisDb, unique: str
+) -> None:
+    """Routes that are functions may route by argument: no template may reuse a route."""
+    parked = f"by-arg-{unique}"
+
+    def by_first_argument(name: str, args: Any, kwargs: Any, options: Any, task: Any = None) -> Any:
+        return {"queue": parked} if name == "math.number_sum" and args and args[0] == 99 else None
+
+    client.app.amqp.router.routes.insert(0, by_first_argument)
+    try:
+        ids = [client.submit("math.number_sum", args).id for args in ([1, 2], [99, 1], [3, 4])]
+        bulk = client.submit_many([TaskRequest("math.number_sum", a) for a in ([1, 2], [99, 1])])
+    finally:
+        client.app.amqp.router.routes.remove(by_first_argument)
+    queues = {m["headers"]["id"]: m["_key"].split("\x06\x16")[0] for m in drain(redis_db)}
+    assert [queues[i] for i in ids + bulk] == ["default", parked, "default", "default", parked]
+
+
+def test_an_on_task_call_hook_is_called_as_send_task_calls_it(
+    client: CeleryClient, redis_db: RedisDb, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend's own on_task_call is called once per task, with the producer and id,
+    whichever way the task is sent; the messages stay equal."""
+    calls: list[str] = []
+
+    def on_task_call(self: Any, producer: Any, task_id: str) -> None:
+        assert producer is not None
+        calls.append(task_id)
+
+    monkeypatch.setattr(type(client.app.backend), "on_task_call", on_task_call)
+    options = {"priority": 3}
+    compare_every_path(client, redis_db, unique, "math.number_sum", [1, 2], {}, options, falls_back=True)
+    task_id = f"same-id-{unique}"
+    assert calls == [task_id] + [f"{task_id}-1", f"{task_id}-2", task_id] + [task_id] * 5
+
+
+def test_with_the_redis_backend_no_result_subscription_outlives_the_result(
+    client: CeleryClient, redis_db: RedisDb
+) -> None:
+    """RedisBackend.on_task_call subscribes to the result channel until the AsyncResult
+    is collected; the fast path leaves that out, so after both nothing is subscribed."""
+    consumer = client.app.backend.result_consumer
+    client.app.send_task("math.number_sum", [1, 2])
+    after_send_task = set(consumer.subscribed_to)
+    client.submit("math.number_sum", [1, 2])
+    client.submit_many([TaskRequest("math.number_sum", [1, 2])])
+    assert after_send_task == set(consumer.subscribed_to) == set()
+    drain(redis_db)
+
+
+def test_sends_from_inside_a_running_task_equal_send_task_and_are_its_children(
+    stack: Stack, unique: str
+) -> None:
+    """A task on a real worker sends two children with send_task, submit and
+    submit_many: same messages (parent_id, root_id), and the parent's stored result
+    lists them as its children in each case."""
+    from internal.infra.celery import celery_client as client
+
+    parked = f"parked-{unique}"  # no worker consumes it, so the messages stay readable
+    db = stack.db.client
+    sent: dict[str, tuple[str, list[str], list[dict[str, Any]]]] = {}
+    try:
+        for how in ("send_task", "submit", "submit_many"):
+            parent = client.submit("tests.fan_out", (how, parked))
+            children = client.get_result(parent.id, timeout=60)
+            (key,) = db.keys(f"{parked}*")  # one priority sub-queue
+            messages = [json.loads(raw) for raw in reversed(db.lrange(key, 0, -1))]
+            db.delete(key)
+            sent[how] = (parent.id, children, messages)
+    finally:
+        for key in db.keys(f"{parked}*"):
+            db.delete(key)
+    reference: list[dict[str, Any]] | None = None
+    for how, (parent_id, children, messages) in sent.items():
+        assert [m["headers"]["id"] for m in messages] == children, how
+        for message in messages:
+            assert message["headers"]["parent_id"] == parent_id, how
+            assert message["headers"]["root_id"] == parent_id, how
+        stored = client.app.backend.get_task_meta(parent_id)["children"]
+        assert [child[0][0] for child in stored] == children, how
+        # what may differ: the ids, and which pool process (origin, reply_to) sent them
+        for message in messages:
+            for name in ("id", "root_id", "parent_id", "origin"):
+                message["headers"].pop(name)
+            for name in ("correlation_id", "reply_to"):
+                message["properties"].pop(name)
+        if reference is None:
+            reference = messages
+        else:
+            assert len(messages) == len(reference), how
+            for message, expected in zip(messages, reference, strict=True):
+                assert message["headers"] == expected["headers"], how
+                same(message, expected)
 
 
 def test_bulk_and_async_tasks_run_on_a_real_worker(stack: Stack) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from internal.infra.celery import celery_client
 from internal.infra.database import session_scope
 from internal.infra.redis import get_redis
-from pkg.celery_task import BaseTask, TransientError
+from pkg.celery_task import BaseTask, TaskRequest, TransientError
 
 app = celery_client.app
 _sync_clients: dict[int, redis.Redis] = {}
@@ -154,6 +154,24 @@ def always_fails(self: BaseTask, note: str) -> None:
 def internal_only() -> str:
     """Not marked public: the HTTP API must refuse it."""
     return "should never run from the API"
+
+
+@app.task(name="tests.defaults", expires=600, time_limit=30, soft_time_limit=20)
+def defaults(x: int = 0) -> int:
+    """A task with its own execution defaults (expiry, time limits); Celery calls a
+    task-level priority or queue deprecated, so routes cover those."""
+    return x
+
+
+@app.task(name="tests.fan_out", bind=True)
+def fan_out(self: BaseTask, how: str, queue: str) -> list[str]:
+    """Send two ``math.number_sum`` children to ``queue`` with ``app.send_task``,
+    ``celery_client.submit`` or ``celery_client.submit_many``; their ids."""
+    if how == "send_task":
+        return [app.send_task("math.number_sum", [i, i], queue=queue).id for i in range(2)]
+    if how == "submit":
+        return [celery_client.submit("math.number_sum", [i, i], queue=queue).id for i in range(2)]
+    return celery_client.submit_many([TaskRequest("math.number_sum", [i, i], queue=queue) for i in range(2)])
 
 
 def _hook_dir() -> Path | None:
