@@ -48,7 +48,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class _Parts:
-    """What the façade delegates to; gone once the client is closed."""
+    """What the façade delegates to; out of reach once the client is closed."""
 
     validator: Validator
     publisher: Publisher
@@ -100,10 +100,10 @@ class CeleryClient:
         state_url = ours.pop("redis_url", None) or state_redis_url(broker_url, backend_url)
         options = Options(redis_url=state_url, **ours)
         self.app: Celery = self._build_app(app, options, extra_conf)
+        self._closed = False
+        self.__parts = self._build_parts(redis_client)  # before any receiver is connected
         self._hooks = install(self.app)  # bootsteps, TimedRedisBackend for Redis results, hooks
         self._disconnect_recorder = connect_failure_recorder(self.app)
-        self._closed = False
-        self.__parts = self._build_parts(redis_client)
 
     def _build_app(self, app: Celery | None, options: Options, extra_conf: dict[str, Any]) -> Celery:
         conf = default_conf(

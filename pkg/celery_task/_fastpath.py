@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,24 +61,28 @@ FAST_OPTIONS = frozenset({"queue", "priority", "countdown", "eta", "expires", "t
 _OMITTED: Any = object()
 
 
-def fast_path_supports(app: Celery, request: TaskRequest) -> bool:
-    """True if the fast path publishes for the validated ``request`` exactly what
+def fast_path_supports(app: Celery, requests: Iterable[TaskRequest]) -> bool:
+    """True if the fast path publishes for every validated request exactly what
     ``app.send_task(name, args, kwargs, **request.options)`` would, with the same side
-    effects; otherwise send it with ``send_task``."""
+    effects; otherwise send them with ``send_task``. What depends on the app, not the
+    request, is checked once per call."""
+    # Inside a running task send_task records the child in the parent's request after
+    # the message is written, which a caller's pipeline would have to report back.
+    if app.current_worker_task is not None or app.conf.task_always_eager:
+        return False
+    if not _compat.task_call_hook_skippable(app.backend):
+        return False
+    return all(_request_supported(app, request) for request in requests)
+
+
+def _request_supported(app: Celery, request: TaskRequest) -> bool:
     options = request.options
     if not options.keys() <= FAST_OPTIONS:
         return False
     expires = options.get("expires")
     if isinstance(expires, datetime):
-        if subtract_datetimes(expires, app.now()).total_seconds() < 0:
-            return False  # send_task warns about an expiry in the past
-    elif expires is not None and (not isinstance(expires, int | float) or expires < 0):
-        return False
-    # Inside a running task send_task records the child in the parent's request after
-    # the message is written, which a caller's pipeline would have to report back.
-    if app.current_worker_task is not None:
-        return False
-    return not app.conf.task_always_eager and _compat.task_call_hook_skippable(app.backend)
+        return bool(subtract_datetimes(expires, app.now()).total_seconds() >= 0)  # else send_task warns
+    return expires is None or (isinstance(expires, int | float) and expires >= 0)
 
 
 def prepare_task(
@@ -275,6 +279,8 @@ class MessageFactory:
 
     def __init__(self, app: Celery, producer: Any) -> None:
         self.app = app
+        #: Read once, like everything else a template captures from the configuration.
+        self.repr_maxlevels = app.conf.task_repr_maxlevels
         self.buffer = CommandBuffer()
         self.channel: kombu_redis.Channel = producer.channel
         self.capture = _BufferingProducer(  # type: ignore[no-untyped-call]
@@ -387,10 +393,10 @@ class MessageFactory:
         args, kwargs = request.args or (), request.kwargs or {}  # as Celery's as_task_v2 does
         argsrepr = _EMPTY_REPR.get(type(args)) if not args else None
         if argsrepr is None:
-            argsrepr = saferepr(args, app.amqp.argsrepr_maxsize, maxlevels=app.conf.task_repr_maxlevels)
+            argsrepr = saferepr(args, app.amqp.argsrepr_maxsize, maxlevels=self.repr_maxlevels)
         kwargsrepr = _EMPTY_REPR.get(type(kwargs)) if not kwargs else None
         if kwargsrepr is None:
-            kwargsrepr = saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels=app.conf.task_repr_maxlevels)
+            kwargsrepr = saferepr(kwargs, app.amqp.kwargsrepr_maxsize, maxlevels=self.repr_maxlevels)
         id_text, argsrepr_text, kwargsrepr_text = encode(task_id), encode(argsrepr), encode(kwargsrepr)
         body = template.body.render({"args": encode(args), "kwargs": encode(kwargs)})
         payload = template.message.render(

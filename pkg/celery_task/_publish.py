@@ -53,7 +53,7 @@ class Publisher:
 
     def fast_path_ok(self, requests: Iterable[TaskRequest]) -> bool:
         """Whether the fast path builds these requests exactly as ``send_task`` would."""
-        return self.redis_broker and all(fast_path_supports(self.app, r) for r in requests)
+        return self.redis_broker and fast_path_supports(self.app, requests)
 
     def submit(self, request: TaskRequest) -> str:
         """Validate, claim the caller's id, send; the task id."""
