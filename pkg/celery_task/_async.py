@@ -22,10 +22,9 @@ from celery import Celery, states
 from kombu.common import maybe_declare
 from kombu.utils.uuid import uuid
 
-from ._conf import is_redis_url
 from ._errors import unreachable
 from ._publish import ChannelPublisher, Publisher
-from ._redis import RedisClients
+from ._redis import RedisClients, is_redis_url
 from ._request import TaskRequest
 from ._results import Results, public_state
 

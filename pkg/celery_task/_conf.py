@@ -10,14 +10,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._errors import InvalidRequestError
 from ._limits import MAX_PRIORITY, MIN_PRIORITY
-from ._redis import HEALTH_CHECK_INTERVAL
+from ._redis import HEALTH_CHECK_INTERVAL, is_redis_url
 from .worker import worker_conf
 
 __all__ = [
@@ -25,14 +24,11 @@ __all__ = [
     "THROUGHPUT_PROFILE",
     "available_modules",
     "default_conf",
-    "is_redis_url",
     "normalise_routes",
     "state_redis_url",
 ]
 
 logger = logging.getLogger(__name__)
-
-_REDIS_SCHEMES = ("redis", "rediss")
 
 #: Configuration for many short tasks, to pass as ``CeleryClient(..., **THROUGHPUT_PROFILE)``.
 #: Still at-least-once (late acks, requeue on worker loss); what it gives up: each
@@ -48,11 +44,6 @@ THROUGHPUT_PROFILE: dict[str, Any] = {
 
 #: Bounded retries for producers: about one second in all, then a clear error.
 PRODUCER_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.3, "interval_max": 0.5}
-
-
-def is_redis_url(url: str | None) -> bool:
-    """``redis://`` or ``rediss://``: the transports the fast paths and stores need."""
-    return bool(url) and urlsplit(url).scheme in _REDIS_SCHEMES
 
 
 def default_conf(

@@ -11,10 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-from ._conf import is_redis_url
 from ._errors import BROKER_ERRORS, unreachable
 from ._options import options_of
-from ._redis import clients_for
+from ._redis import clients_for, is_redis_url
 from .worker import PRIORITY_STEPS, redis_priority_queue_keys
 
 __all__ = ["Operations"]
@@ -95,7 +94,7 @@ class Operations:
             self._ping_redis(self.url, timeout)
             return
         with self.broker_connection(timeout):
-            pass
+            return  # other brokers: establishing the connection is the probe
 
     def _ping_backend(self, timeout: float) -> None:
         backend_url = self.app.conf.result_backend

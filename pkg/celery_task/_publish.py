@@ -11,9 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-from ._conf import is_redis_url
 from ._errors import BrokerUnavailableError, InvalidRequestError, unreachable
 from ._fastpath import MessageFactory, fast_path_supports, pipeline_commands
+from ._redis import is_redis_url
 from ._request import TaskRequest
 from ._taskids import TaskIdClaims
 from ._validation import Validator

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from typing import cast
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -23,11 +24,16 @@ from ._compat import forget_redbeat_client, use_redbeat_client
 from ._errors import InvalidRequestError
 from ._options import options_of
 
-__all__ = ["HEALTH_CHECK_INTERVAL", "RedisClients", "clients_for"]
+__all__ = ["HEALTH_CHECK_INTERVAL", "RedisClients", "clients_for", "is_redis_url"]
 
 #: Seconds a pooled connection may idle before it is PINGed ahead of its next use, so
 #: one that died with a Redis restart is replaced instead of failing the next call.
 HEALTH_CHECK_INTERVAL = 10
+
+
+def is_redis_url(url: str | None) -> bool:
+    """``redis://`` or ``rediss://``: the transports the fast paths and stores need."""
+    return bool(url) and urlsplit(url).scheme in ("redis", "rediss")
 
 
 class RedisClients:

@@ -22,7 +22,7 @@ from kombu.utils.url import maybe_sanitize_url
 from .._compat import set_backend_transport_options
 from .._loop import process_loop
 from .._options import configure, options_of
-from .._redis import clients_for
+from .._redis import clients_for, is_redis_url
 from .logs import EscapingFormatter
 
 __all__ = ["BAD_CREDENTIALS_EXIT", "HOOK_FAILED_EXIT", "Hook", "WorkerHooks"]
@@ -155,7 +155,7 @@ def _refuse_wrong_credentials(app: Celery) -> None:
     """Stop at once, saying so, if Redis refuses the worker's password: Celery would
     retry forever, since redis-py reports it as a connection error."""
     urls = {options_of(app).redis_url, app.conf.broker_url, app.conf.result_backend}
-    for url in sorted(u for u in urls if isinstance(u, str) and u.startswith(("redis://", "rediss://"))):
+    for url in sorted(u for u in urls if isinstance(u, str) and is_redis_url(u)):
         client = clients_for(app).sync_client(url)
         try:
             client.ping()
