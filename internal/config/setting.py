@@ -113,7 +113,7 @@ class CelerySettings(BaseSettings):
     result_backend: SecretStr | None = None
     default_queue: str = Field("default", min_length=1)
     pool: str = "prefork"
-    concurrency: int = Field(4, ge=1, le=256)
+    concurrency: int = Field(4, ge=1, le=4096)  # > 256 only with the asyncio pool (issue 10)
     loglevel: str = "info"
     queues: str | None = None
     extra_queues: str = ""
@@ -132,10 +132,19 @@ class CelerySettings(BaseSettings):
     @field_validator("pool")
     @classmethod
     def _known_pool(cls, value: str) -> str:
-        pools = ("prefork", "solo", "threads", "gevent", "eventlet")
+        pools = ("prefork", "solo", "threads", "gevent", "eventlet", "asyncio")  # asyncio: issue 10
         if value not in pools:
             raise ValueError(f"CELERY_POOL {value!r} is not one of {', '.join(pools)}")
         return value
+
+    @model_validator(mode="after")
+    def _concurrency_for_pool(self) -> CelerySettings:
+        # issue 10: thousands of slots only make sense when they are coroutines.
+        if self.pool != "asyncio" and self.concurrency > 256:
+            raise ValueError(
+                f"CELERY_CONCURRENCY {self.concurrency} is over 256; only the asyncio pool takes up to 4096"
+            )
+        return self
 
     @field_validator("loglevel")
     @classmethod

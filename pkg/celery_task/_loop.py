@@ -14,10 +14,10 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EventLoopThread", "process_loop", "run_coroutine"]
+__all__ = ["EventLoopThread", "process_loop", "run_coroutine", "run_task_coroutine", "task_coroutine_runner"]
 
 T = TypeVar("T")
 
@@ -117,3 +117,22 @@ def process_loop() -> EventLoopThread:
 def run_coroutine(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on this process's long-lived loop and return its result."""
     return process_loop().run(coro, timeout)
+
+
+#: Set by a pool on the threads it runs tasks in (the asyncio pool): how a task body's
+#: coroutine is run there instead of :func:`run_coroutine`.
+_task_runner = threading.local()
+
+
+def task_coroutine_runner(runner: Callable[[Coroutine[Any, Any, Any]], Any] | None) -> None:
+    """Make ``async def`` task bodies started from this thread run through ``runner``."""
+    _task_runner.run = runner
+
+
+def run_task_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a task body's coroutine: through this thread's pool runner if one is set,
+    else on the process's long-lived loop."""
+    runner: Callable[[Coroutine[Any, Any, T]], T] | None = getattr(_task_runner, "run", None)
+    if runner is None:
+        return run_coroutine(coro)
+    return runner(coro)

@@ -16,7 +16,7 @@ import redis.exceptions
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ._loop import run_coroutine
+from ._loop import run_task_coroutine
 
 __all__ = ["BaseTask", "PermanentError", "TransientError"]
 
@@ -164,7 +164,7 @@ def _finishing_awaitables(run: Any) -> Any:
     def finishing(*args: Any, **kwargs: Any) -> Any:
         result = body(*args, **kwargs)
         if inspect.isawaitable(result):
-            return run_coroutine(_await(result))
+            return run_task_coroutine(_await(result))
         return result
 
     setattr(finishing, _FINISHES_AWAITABLES, True)

@@ -1,0 +1,355 @@
+"""An asyncio pool for ``celery worker``: many ``async def`` tasks at once per process.
+
+Each accepted message runs Celery's own tracer (states, result store, events, acks) in
+a thread of a bounded executor (``--concurrency`` threads); when the task body is a
+coroutine, the thread hands it to the process's long-lived loop (:mod:`.._loop`, the
+one the startup hooks opened their clients on) and waits, so the body is awaited on
+that loop, never in the thread. Sync bodies run in the thread, never on the loop.
+
+On the loop each body is driven by :class:`_Driven`, which turns the pool's
+cancellation into what the task should see: ``SoftTimeLimitExceeded`` raised at the
+body's current ``await`` (soft limit), ``CancelledError`` (hard limit, revoke with
+terminate, shutdown). A watchdog thread logs a body that blocks the loop, with its
+task name. ``--max-tasks-per-child`` / ``--max-memory-per-child`` make the worker
+process stop warmly for its supervisor to start a fresh one (there is no child to
+replace). Start it with ``--pool custom`` and ``CELERY_CUSTOM_WORKER_POOL`` set to
+:data:`POOL_PATH`, or ``scripts/run_celery_worker.py --pool asyncio``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery.concurrency.base import BasePool
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from .._loop import process_loop, task_coroutine_runner
+
+__all__ = ["POOL_PATH", "AsyncioPool", "BLOCKED_LOOP_SECONDS"]
+
+logger = logging.getLogger(__name__)
+
+#: What ``CELERY_CUSTOM_WORKER_POOL`` names for ``celery worker --pool custom``.
+POOL_PATH = "pkg.celery_task.worker.pool:AsyncioPool"
+#: A loop that has not run a callback for this long is reported as blocked.
+BLOCKED_LOOP_SECONDS = 0.5
+
+
+class _Stopped(BaseException):
+    """The pool stopped this job (revoke with terminate, shutdown): the tracer lets it
+    through (it is not an ``Exception``), so nothing is stored and nothing acked here."""
+
+
+class _Driven:
+    """Awaits ``coro`` step by step, so a cancellation the pool meant as the soft time
+    limit reaches the body as ``SoftTimeLimitExceeded`` at its current ``await``."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], job: _Job) -> None:
+        self._coro = coro
+        self._job = job
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            try:
+                yielded = coro.send(send) if throw is None else coro.throw(throw)
+            except StopIteration as stop:
+                return stop.value
+            send, throw = None, None
+            try:
+                send = yield yielded
+            except asyncio.CancelledError as exc:
+                throw = exc
+                if self._job.soft_pending:
+                    self._job.soft_pending = False
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    throw = SoftTimeLimitExceeded(f"soft time limit ({self._job.soft_timeout} s) exceeded")
+            except BaseException as exc:
+                throw = exc
+
+
+class _Job:
+    """One accepted message: its thread, its coroutine on the loop (if any), its limits."""
+
+    def __init__(
+        self, pool: AsyncioPool, name: str, soft_timeout: float | None, timeout: float | None
+    ) -> None:
+        self.pool = pool
+        self.name = name
+        self.soft_timeout = soft_timeout
+        self.timeout = timeout
+        self.future: concurrent.futures.Future[Any] | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.soft_pending = False
+        self.hard_expired = False
+        self.stopped = False
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # ApplyResult protocol used by Celery's Request -----------------------------------
+    def terminate(self, signum: int | None = None) -> None:
+        """Cancel the running coroutine (``revoke(terminate=True)``, shutdown)."""
+        self.stopped = True
+        self._cancel()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the job's thread to finish."""
+        if self.future is not None:
+            concurrent.futures.wait([self.future], timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The job thread's return value."""
+        return None if self.future is None else self.future.result(timeout)
+
+    # --------------------------------------------------------------------------------
+    def _cancel(self) -> None:
+        task = self.task
+        if task is not None:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Await ``coro`` on the process loop under this job's limits; block this thread."""
+        loop = self.pool.loop
+        future = asyncio.run_coroutine_threadsafe(self._body(coro), loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self.hard_expired:
+                raise TimeLimitExceeded(self.timeout) from None
+            raise _Stopped from None
+        finally:
+            loop.call_soon_threadsafe(self._clear_timers)
+
+    async def _body(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        self.task = asyncio.current_task()
+        if self.stopped:
+            coro.close()
+            raise asyncio.CancelledError
+        self.pool.on_loop_task(self, add=True)
+        loop = asyncio.get_running_loop()
+        if self.soft_timeout:
+            self._timers.append(loop.call_later(self.soft_timeout, self._soft_limit))
+        if self.timeout:
+            self._timers.append(loop.call_later(self.timeout, self._hard_limit))
+        try:
+            return await _Driven(coro, self)
+        finally:
+            self.pool.on_loop_task(self, add=False)
+
+    def _soft_limit(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.soft_pending = True
+            self.task.cancel()
+
+    def _hard_limit(self) -> None:
+        if self.task is not None and not self.task.done():
+            logger.error("task %s: hard time limit (%s s) exceeded; cancelling it", self.name, self.timeout)
+            self.hard_expired = True
+            self.task.cancel()
+
+    def _clear_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+
+class AsyncioPool(BasePool):  # type: ignore[misc]
+    """Celery pool: up to ``limit`` tasks at once, ``async def`` bodies on one loop."""
+
+    body_can_be_buffer = True
+    signal_safe = False
+    is_green = False
+    task_join_will_block = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop_thread = process_loop()
+        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.jobs: set[_Job] = set()
+        self._on_loop: dict[asyncio.Task[Any], _Job] = {}
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._done_count = 0
+        self._recycling = False
+        self.max_tasks = self.options.get("maxtasksperchild") or 0
+        self.max_memory_kb = self.options.get("max_memory_per_child") or 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The process's long-lived event loop."""
+        return self.loop_thread.loop
+
+    def on_start(self) -> None:
+        """Start the loop (if the hooks have not), the executor and the watchdog."""
+        self.loop_thread.start()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.limit, thread_name_prefix="tasksys-aio"
+        )
+        self._closing.clear()
+        self._watchdog = threading.Thread(target=self._watch_loop, name="tasksys-aio-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def on_apply(
+        self,
+        target: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        **_: Any,
+    ) -> _Job:
+        """Run ``target`` (Celery's tracer) in the executor; return the job handle."""
+        if self.executor is None:
+            raise RuntimeError("the asyncio pool is not started")
+        name = str(args[0]) if args else "?"
+        if args and len(args) > 1:
+            name = f"{args[0]}[{args[1]}]"
+        job = _Job(self, name, soft_timeout, timeout)
+        with self._lock:
+            self.jobs.add(job)
+        job.future = self.executor.submit(
+            self._run_job, job, target, args or (), kwargs or {}, callback, accept_callback
+        )
+        return job
+
+    def _run_job(
+        self,
+        job: _Job,
+        target: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        callback: Callable[..., Any] | None,
+        accept_callback: Callable[..., Any] | None,
+    ) -> None:
+        task_coroutine_runner(job.run_coroutine)
+        try:
+            if job.stopped:
+                return
+            if accept_callback is not None:
+                accept_callback(os.getpid(), time.monotonic())
+            try:
+                ret = target(*args, **kwargs)
+            except _Stopped:
+                logger.info("task %s stopped by the pool; its message is not acknowledged here", job.name)
+                return
+            except Exception:
+                logger.exception("task %s: the tracer raised", job.name)
+                if callback is not None:
+                    callback((1, ExceptionInfo(), 0.0))
+                return
+            if callback is not None:
+                callback(ret)
+        finally:
+            task_coroutine_runner(None)
+            with self._lock:
+                self.jobs.discard(job)
+                self._done_count += 1
+            self._maybe_recycle()
+
+    def on_loop_task(self, job: _Job, *, add: bool) -> None:
+        """Track which job each loop task belongs to (for the blocked-loop report)."""
+        if job.task is None:
+            return
+        if add:
+            self._on_loop[job.task] = job
+        else:
+            self._on_loop.pop(job.task, None)
+
+    def _watch_loop(self) -> None:
+        """Every 0.1 s, check the loop ran a callback recently; name the task blocking it."""
+        beat = [time.monotonic()]
+        reported: set[int] = set()
+
+        def _tick() -> None:
+            beat[0] = time.monotonic()
+
+        while not self._closing.wait(0.1):
+            try:
+                self.loop.call_soon_threadsafe(_tick)
+            except RuntimeError:
+                return
+            lag = time.monotonic() - beat[0]
+            if lag < BLOCKED_LOOP_SECONDS:
+                reported.clear()
+                continue
+            task = asyncio.current_task(self.loop)
+            job = self._on_loop.get(task) if task is not None else None
+            if id(task) in reported:
+                continue
+            reported.add(id(task))
+            logger.warning(
+                "event loop blocked for %.1f s by task %s: a blocking call inside an async def "
+                "body stops every other task of this process; await it or move it to a thread",
+                lag,
+                job.name if job is not None else "(no task; a hook or library callback)",
+            )
+
+    def _maybe_recycle(self) -> None:
+        if self._recycling:
+            return
+        reason = None
+        if self.max_tasks and self._done_count >= self.max_tasks:
+            reason = f"{self._done_count} tasks done (max tasks per child {self.max_tasks})"
+        elif self.max_memory_kb:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if rss > self.max_memory_kb:
+                reason = f"peak RSS {rss} KiB over max memory per child {self.max_memory_kb} KiB"
+        if reason is None:
+            return
+        self._recycling = True
+        logger.warning("asyncio pool: %s; stopping this worker warmly for its supervisor to restart", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _running(self) -> list[_Job]:
+        with self._lock:
+            return list(self.jobs)
+
+    def on_stop(self) -> None:
+        """Warm stop: let running jobs finish (up to ``worker_soft_shutdown_timeout`` when
+        set), then cancel the rest, whose messages stay unacknowledged and return."""
+        limit = float(self.app.conf.worker_soft_shutdown_timeout or 0) if self.app else 0.0
+        deadline = time.monotonic() + limit if limit > 0 else None
+        while self._running() and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.on_terminate()
+
+    def on_terminate(self) -> None:
+        """Cancel every running job (their messages are not acknowledged) and stop."""
+        executor, self.executor = self.executor, None
+        for job in self._running():
+            job.terminate()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._closing.set()
+
+    def terminate_job(self, pid: int, signal: int | None = None) -> None:
+        """Nothing by pid: Celery's Request cancels the job through its handle."""
+
+    def restart(self) -> None:
+        """Nothing to restart: the tasks run in this process."""
+
+    def _get_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = super()._get_info()
+        info.update({"max-concurrency": self.limit, "running": len(self._running())})
+        return info
+
+    @property
+    def num_processes(self) -> int:
+        """Celery's count of execution slots."""
+        return int(self.limit)
