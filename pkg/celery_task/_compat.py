@@ -574,3 +574,17 @@ def forget_redbeat_client(app: Any) -> None:
     from redbeat.schedulers import REDBEAT_REDIS_KEY
 
     setattr(app, REDBEAT_REDIS_KEY, None)
+
+
+# == Asyncio pool ======================================================================
+#
+# ``celery inspect stats`` reads a pool's ``info`` property, which returns
+# ``BasePool._get_info()``: the method a pool overrides to add its own fields (the
+# threads pool does the same). :func:`base_pool_info` calls the base implementation.
+
+
+def base_pool_info(pool: Any) -> dict[str, Any]:
+    """What ``celery.concurrency.base.BasePool`` reports for ``pool`` in ``inspect stats``."""
+    from celery.concurrency.base import BasePool
+
+    return dict(BasePool._get_info(pool))

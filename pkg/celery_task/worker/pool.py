@@ -33,6 +33,7 @@ from billiard.einfo import ExceptionInfo
 from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
 
 __all__ = ["POOL_PATH", "AsyncioPool", "BLOCKED_LOOP_SECONDS"]
@@ -345,7 +346,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         """Nothing to restart: the tasks run in this process."""
 
     def _get_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = super()._get_info()
+        info = base_pool_info(self)
         info.update({"max-concurrency": self.limit, "running": len(self._running())})
         return info
 
