@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 from pkg.celery_task import CeleryClient
 from pkg.celery_task.worker.pool import POOL_PATH
 from tests.conftest import Stack
-from tests.support.procs import ManagedProcess, service_env, start_worker, wait_for
+from tests.support.procs import REPO_ROOT, ManagedProcess, service_env, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +196,46 @@ def test_sigkill_mid_run_loses_nothing(
         assert [client.get_result(i, timeout=60) for i in ids] == [3.0] * 30
     finally:
         second.stop()
+
+
+def test_max_tasks_per_child_stops_the_worker_warmly(
+    stack: Stack, client: CeleryClient, session_tmp: Path, unique: str
+) -> None:
+    import tests.support.async_tasks  # noqa: F401
+
+    queue = f"aiorecycle-{unique}"
+    proc = start_worker(
+        f"aiorecycle-{unique}",
+        _env(stack),
+        session_tmp / "aio",
+        queues=[queue],
+        concurrency=5,
+        pool="custom",
+        extra=["--max-tasks-per-child=5"],
+    )
+    try:
+        ids = client.submit_many([{"task_name": "aio.nap", "args": [0.1, f"r-{unique}"], "queue": queue}] * 5)
+        assert [client.get_result(i, timeout=30) for i in ids] == [0.1] * 5
+        assert proc.wait(30) == 0
+    finally:
+        proc.stop()
+    assert "5 tasks done (max tasks per child 5); stopping this worker warmly" in proc.log()
+
+
+def test_launcher_processes_starts_one_asyncio_worker_per_process(
+    stack: Stack, client: CeleryClient, session_tmp: Path, unique: str
+) -> None:
+    import tests.support.async_tasks  # noqa: F401
+
+    queue = f"aioproc-{unique}"
+    argv = [sys.executable, str(REPO_ROOT / "scripts" / "run_celery_worker.py"), "--pool", "asyncio"]
+    argv += ["-c", "10", "--processes", "2", "-Q", queue, "--without-mingle", "--without-gossip"]
+    proc = ManagedProcess(f"aioproc-{unique}", argv, _env(stack), session_tmp / "aio").start()
+    try:
+        wait_for(lambda: len(re.findall(r"\bready\.", proc.log())) >= 2, timeout=60, what="two workers ready")
+        probes = client.submit_many([{"task_name": "tests.hook_probe", "queue": queue}] * 20)
+        assert all(client.get_result(i, timeout=30)["db"] == 1 for i in probes)
+        proc.send(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.stop()
