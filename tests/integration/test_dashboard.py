@@ -1,0 +1,246 @@
+"""The dashboard in a real browser (headless Chromium, the system's) against real
+processes: the session's worker and beat and a uvicorn API with ``API_TOKEN``.
+
+One browser for the module. Each page is saved as a screenshot under the test's
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_TOKEN, Api
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HOSTILE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+def _word(n: int = 10) -> str:
+    """A unique lower-case word with no digits (fingerprints ignore numbers and hex ids)."""
+    return uuid.uuid4().hex[:n].translate(str.maketrans("0123456789", "ghijklmnop"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (the system's; Playwright downloads nothing)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed (.ci/run installs the Debian package)")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture()
+def page(browser: Any, api: Api) -> Iterator[Any]:
+    """A fresh browser context and page; a dialog (alert) fails the test."""
+    context = browser.new_context(base_url=api.base_url)
+    tab = context.new_page()
+    dialogs: list[str] = []
+    tab.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    try:
+        yield tab
+    finally:
+        context.close()
+    assert not dialogs, f"a script ran in the page: {dialogs}"
+
+
+def _login(page: Any, token: str = API_TOKEN) -> None:
+    page.goto("/dashboard/")
+    assert "/dashboard/login" in page.url
+    page.fill("input[name=token]", token)
+    page.click("form.login button[type=submit]")
+
+
+def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+
+
+def _dead_letters_of(client: Any, task: str, marker: str) -> list[dict[str, Any]]:
+    _, entries = client.dead_letters(limit=1000)
+    return [e for e in entries if e.get("task") == task and marker in str(e.get("args"))]
+
+
+def test_pages_and_actions_need_a_session(api: Api) -> None:
+    """Without the login cookie: pages redirect to the login form, actions are refused;
+    the API keeps asking for its bearer token, and a bearer token opens no dashboard page."""
+    with httpx.Client(base_url=api.base_url, timeout=10, follow_redirects=False) as anonymous:
+        for path in ("/dashboard/", "/dashboard/tasks", "/dashboard/failures", "/dashboard/schedules"):
+            response = anonymous.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/dashboard/login?next=")
+        for path in ("/dashboard/schedules/toggle", "/dashboard/failures/resubmit-group", "/dashboard/logout"):
+            response = anonymous.post(path, data={"name": "task_heartbeat_30s", "enabled": "0", "csrf": "x"})
+            assert response.status_code == 401, path
+        assert anonymous.get("/api/v1/queues").status_code == 401
+        login = anonymous.get("/dashboard/login")
+        assert login.status_code == 200
+        assert "script-src" not in login.headers["content-security-policy"]  # default-src 'none' covers it
+        assert "default-src 'none'" in login.headers["content-security-policy"]
+        wrong = anonymous.post("/dashboard/login", data={"token": "wrong", "next": "/dashboard/"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    bearer = api.http.get("/dashboard/failures", follow_redirects=False)
+    assert bearer.status_code == 303
+
+
+def test_login_sets_a_strict_cookie_and_actions_need_the_csrf_token(
+    page: Any, api: Api, client: Any, tmp_path: Path
+) -> None:
+    """The session cookie is Secure, HttpOnly and SameSite=Strict (Chromium keeps it over
+    http://127.0.0.1); POSTs without the form's CSRF token, with a wrong one, or from another
+    origin are refused and change nothing."""
+    _login(page, "not-the-token")
+    assert "wrong token" in page.content()
+    _login(page)
+    page.wait_for_url(re.compile(r"/dashboard/$"))
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "tasksys_dashboard"]
+    assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/dashboard"
+    _shot(page, tmp_path, "overview")
+
+    name = f"dash-csrf-{_word()}"
+    client.add_periodic_task("tests.record", "interval", 3600, name=name, args=[name])
+    try:
+        form = {"name": name, "enabled": "0"}
+        request = page.context.request
+        assert request.post("/dashboard/schedules/toggle", form=form).status == 403
+        assert request.post("/dashboard/schedules/toggle", form={**form, "csrf": "forged"}).status == 403
+        page.goto("/dashboard/schedules")
+        token = page.get_attribute("input[name=csrf]", "value")
+        foreign = request.post(
+            "/dashboard/schedules/toggle", form={**form, "csrf": token}, headers={"Origin": "http://evil.test"}
+        )
+        assert foreign.status == 403
+        assert client.get_periodic_task(name)["enabled"] is True
+        ok = request.post("/dashboard/schedules/toggle", form={**form, "csrf": token}, max_redirects=0)
+        assert ok.status == 303
+        assert client.get_periodic_task(name)["enabled"] is False
+    finally:
+        client.remove_periodic_task(name)
+
+
+def test_failures_are_grouped_resubmitted_and_edited(
+    page: Any, api: Api, client: Any, stack: Any, tmp_path: Path
+) -> None:
+    """Failures differing only by numbers form one group; re-submitting the group sends
+    each again; an entry's arguments can be edited and sent as a new task."""
+    word = _word()
+    ids = [client.submit("tests.always_fails", [f"{word} order {n}"]).id for n in (1, 22, 333)]
+    other = client.submit("tests.always_fails", [f"{word} quota exceeded"]).id
+    broken = client.submit("tests.total", [["a", word]]).id  # TypeError: int + str
+    wait_for(
+        lambda: len(_dead_letters_of(client, "tests.always_fails", word)) == 4
+        and _dead_letters_of(client, "tests.total", word),
+        timeout=30,
+        what="the dead letters",
+    )
+    _login(page)
+    page.goto("/dashboard/failures")
+    _shot(page, tmp_path, "failures")
+    groups = page.locator(".group", has_text=f"{word} order")
+    assert groups.count() == 1
+    group = groups.first
+    assert group.locator(".badge").first.inner_text() == "3"
+    assert group.locator(".message").inner_text().strip() == f"still failing: {word} order <n>"
+    assert set(group.locator("tr.entry").evaluate_all("rows => rows.map(r => r.dataset.entry)")) == set(ids)
+    assert page.locator(".group", has_text=f"{word} quota").count() == 1
+
+    group.locator("button.resubmit-group").click()
+    assert page.locator(".flash.ok").inner_text().startswith("re-submitted 3 task(s) of tests.always_fails")
+    assert other in {e["task_id"] for e in _dead_letters_of(client, "tests.always_fails", word)}
+
+    page.goto(f"/dashboard/failures/{broken}/edit")
+    _shot(page, tmp_path, "failure-edit")
+    page.fill("textarea[name=args]", "[[1, 2, 39]]")
+    page.click("form.edit button[type=submit]")
+    flash = page.locator(".flash.ok").inner_text()
+    new_id = re.search(r"as (\S+) \(from", flash).group(1)  # type: ignore[union-attr]
+    assert new_id != broken
+    assert client.get_result(new_id, timeout=20) == 42
+    assert not _dead_letters_of(client, "tests.total", word)
+
+    page.goto(f"/dashboard/failures/{ids[0]}/edit")  # gone from the list? it was re-submitted
+    if page.locator("textarea[name=args]").count():  # it failed again already: edit it too
+        page.fill("textarea[name=args]", "not json")
+        page.click("form.edit button[type=submit]")
+        assert "not valid JSON" in page.locator(".flash.error").inner_text()
+
+
+def test_user_data_renders_as_text(page: Any, api: Api, client: Any, tmp_path: Path) -> None:
+    """A task name and arguments holding ``<script>`` and an ``onerror`` image show as
+    text on the failures and edit pages; no script runs."""
+    from pkg.celery_task._deadletter import dead_letters_for
+
+    word = _word()
+    entry_id = dead_letters_for(client.app).record(
+        {
+            "task_id": f"xss-{word}",
+            "task": f"{HOSTILE}{word}",
+            "args": [HOSTILE],
+            "kwargs": {"note": HOSTILE},
+            "queue": "default",
+            "reason": "unregistered",
+            "error": {"type": "NotRegistered", "message": HOSTILE},
+            "traceback": HOSTILE,
+            "retries": 0,
+            "resubmittable": True,
+        }
+    )
+    try:
+        _login(page)
+        for path in ("/dashboard/failures", f"/dashboard/failures/{entry_id}/edit"):
+            page.goto(path)
+            assert HOSTILE in page.locator("main").inner_text()
+            assert page.evaluate("window.__xss") is None
+            assert page.locator("main script").count() == 0
+            assert page.locator("main img").count() == 0
+        _shot(page, tmp_path, "failures-hostile")
+    finally:
+        client.delete_dead_letter(entry_id)
+
+
+def test_schedules_show_next_fires_and_can_be_disabled(page: Any, api: Api, client: Any, tmp_path: Path) -> None:
+    """Every entry is listed with its description and next five fires; Disable works."""
+    name = f"dash-cron-{_word()}"
+    client.add_periodic_task("tests.record", "cron", "*/15 * * * *", name=name, args=[name])
+    try:
+        _login(page)
+        page.goto("/dashboard/schedules")
+        _shot(page, tmp_path, "schedules")
+        for static in ("task_sum_every_15_min", "task_daily_report_morning", "task_heartbeat_30s"):
+            assert page.locator(f'tr.schedule[data-name="{static}"]').count() == 1
+        row = page.locator(f'tr.schedule[data-name="{name}"]')
+        assert "every 15 minutes" in row.inner_text().lower()
+        times = re.findall(r"\d{4}-\d\d-\d\d (\d\d):(\d\d):00", row.locator("td").nth(3).inner_text())
+        assert len(times) == 5 and all(int(minute) % 15 == 0 for _, minute in times)
+        row.locator("button", has_text="Disable").click()
+        assert page.locator(".flash.ok").inner_text() == f"disabled {name}"
+        assert client.get_periodic_task(name)["enabled"] is False
+        assert "disabled" in page.locator(f'tr.schedule[data-name="{name}"]').inner_text()
+    finally:
+        client.remove_periodic_task(name)
+
+
+def test_overview_and_tasks_pages_load(page: Any, api: Api, client: Any, tmp_path: Path) -> None:
+    """The overview lists the workers online; the tasks page loads."""
+    _login(page)
+    page.goto("/dashboard/")
+    assert int(page.locator("#workers-online").inner_text()) >= 1
+    assert "stack-worker@" in page.locator("main").inner_text()
+    page.goto("/dashboard/tasks")
+    _shot(page, tmp_path, "tasks")
+    assert page.locator("h1").inner_text() == "Tasks"
