@@ -83,7 +83,11 @@ def test_pages_and_actions_need_a_session(api: Api) -> None:
             response = anonymous.get(path)
             assert response.status_code == 303, path
             assert response.headers["location"].startswith("/dashboard/login?next=")
-        for path in ("/dashboard/schedules/toggle", "/dashboard/failures/resubmit-group", "/dashboard/logout"):
+        for path in (
+            "/dashboard/schedules/toggle",
+            "/dashboard/failures/resubmit-group",
+            "/dashboard/logout",
+        ):
             response = anonymous.post(path, data={"name": "task_heartbeat_30s", "enabled": "0", "csrf": "x"})
             assert response.status_code == 401, path
         assert anonymous.get("/api/v1/queues").status_code == 401
@@ -122,7 +126,9 @@ def test_login_sets_a_strict_cookie_and_actions_need_the_csrf_token(
         page.goto("/dashboard/schedules")
         token = page.get_attribute("input[name=csrf]", "value")
         foreign = request.post(
-            "/dashboard/schedules/toggle", form={**form, "csrf": token}, headers={"Origin": "http://evil.test"}
+            "/dashboard/schedules/toggle",
+            form={**form, "csrf": token},
+            headers={"Origin": "http://evil.test"},
         )
         assert foreign.status == 403
         assert client.get_periodic_task(name)["enabled"] is True
@@ -143,8 +149,10 @@ def test_failures_are_grouped_resubmitted_and_edited(
     other = client.submit("tests.always_fails", [f"{word} quota exceeded"]).id
     broken = client.submit("tests.total", [["a", word]]).id  # TypeError: int + str
     wait_for(
-        lambda: len(_dead_letters_of(client, "tests.always_fails", word)) == 4
-        and _dead_letters_of(client, "tests.total", word),
+        lambda: (
+            len(_dead_letters_of(client, "tests.always_fails", word)) == 4
+            and _dead_letters_of(client, "tests.total", word)
+        ),
         timeout=30,
         what="the dead letters",
     )
@@ -213,7 +221,9 @@ def test_user_data_renders_as_text(page: Any, api: Api, client: Any, tmp_path: P
         client.delete_dead_letter(entry_id)
 
 
-def test_schedules_show_next_fires_and_can_be_disabled(page: Any, api: Api, client: Any, tmp_path: Path) -> None:
+def test_schedules_show_next_fires_and_can_be_disabled(
+    page: Any, api: Api, client: Any, tmp_path: Path
+) -> None:
     """Every entry is listed with its description and next five fires; Disable works."""
     name = f"dash-cron-{_word()}"
     client.add_periodic_task("tests.record", "cron", "*/15 * * * *", name=name, args=[name])
