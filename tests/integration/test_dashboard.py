@@ -254,3 +254,35 @@ def test_overview_and_tasks_pages_load(page: Any, api: Api, client: Any, tmp_pat
     page.goto("/dashboard/tasks")
     _shot(page, tmp_path, "tasks")
     assert page.locator("h1").inner_text() == "Tasks"
+
+
+def test_flower_runs_next_to_the_dashboard(api: Api, stack: Any, tmp_path: Path) -> None:
+    """``./scripts/run --flower`` adds Flower on its own port; it answers while the
+    dashboard serves, and sees the same worker."""
+    import sys
+
+    from scripts.run_system import children
+    from tests.support.procs import ManagedProcess
+    from tests.support.services import free_port
+
+    port = free_port()
+    (flower,) = [c for c in children(stack.env, "127.0.0.1", 8000, "default", port) if c.name == "flower"]
+    assert flower.argv[0] == sys.executable
+    env = {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    proc = ManagedProcess("flower", flower.argv, env, tmp_path).start()
+    try:
+
+        def workers() -> Any:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/workers?refresh=1", timeout=5)
+            except httpx.HTTPError:
+                assert proc.alive(), proc.log()[-3000:]
+                return None
+            return answer.status_code == 200 and any(
+                name.startswith("stack-worker@") for name in answer.json()
+            )
+
+        wait_for(workers, timeout=30, interval=0.5, what="Flower to list the worker")
+        assert api.http.get("/dashboard/login").status_code == 200
+    finally:
+        proc.stop()
