@@ -286,3 +286,25 @@ def test_flower_runs_next_to_the_dashboard(api: Api, stack: Any, tmp_path: Path)
         assert api.http.get("/dashboard/login").status_code == 200
     finally:
         proc.stop()
+
+
+def test_without_api_token_the_dashboard_is_open_but_actions_still_need_csrf(client: Any, stack: Any) -> None:
+    """Like the API, no ``API_TOKEN`` means no login; a session (and its CSRF token) is
+    issued on the first page, and actions without that token are still refused."""
+    from starlette.testclient import TestClient
+
+    from internal.api.app import create_app
+    from internal.config.setting import load_settings
+
+    settings = load_settings()
+    assert settings.api.token is None
+    with TestClient(create_app(settings, client), base_url="https://testserver") as http:
+        assert http.get("/dashboard/login", follow_redirects=False).headers["location"] == "/dashboard/"
+        page = http.get("/dashboard/schedules")
+        assert page.status_code == 200 and "tasksys_dashboard" in http.cookies
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        form = {"name": "no-such-entry", "enabled": "1"}
+        assert http.post("/dashboard/schedules/toggle", data=form).status_code == 403
+        done = http.post("/dashboard/schedules/toggle", data={**form, "csrf": csrf}, follow_redirects=False)
+        assert done.status_code == 303
+        assert "no periodic entry" in http.get("/dashboard/schedules").text
