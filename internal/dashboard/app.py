@@ -79,6 +79,7 @@ def _templates() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["pretty"] = views.pretty_json
+    env.filters["compact"] = views.compact_json
     env.filters["urlpart"] = lambda value: quote(str(value), safe="")
     return env
 
@@ -96,12 +97,14 @@ class Dashboard:
     # -- plumbing --------------------------------------------------------------------
 
     def ctx(self) -> views.Context:
-        """The services' inputs, read from the API app's state (set by its lifespan)."""
+        """The services' inputs, read from the API app's state (set by its lifespan);
+        ``dashboard_history`` is the task history's :class:`views.HistoryReader`, if any."""
         state = self.parent.state
         return views.Context(
             client=state.celery_client,
             engine=getattr(state, "db_engine", None),
             settings=state.settings,
+            history=getattr(state, "dashboard_history", None),
         )
 
     def render(

@@ -85,6 +85,15 @@ def pretty_json(value: Any) -> str:
         return repr(value)
 
 
+def compact_json(value: Any) -> str:
+    """One-line JSON for display (escaped by the template; unlike ``tojson`` it shows
+    ``<`` as ``<``, not ``\\u003c``)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def bounded_int(raw: str | None, default: int, low: int, high: int) -> int:
     """A query-string integer clamped to ``low..high`` (``default`` if absent or not a number)."""
     try:

@@ -308,3 +308,116 @@ def test_without_api_token_the_dashboard_is_open_but_actions_still_need_csrf(cli
         done = http.post("/dashboard/schedules/toggle", data={**form, "csrf": csrf}, follow_redirects=False)
         assert done.status_code == 303
         assert "no periodic entry" in http.get("/dashboard/schedules").text
+
+
+class FakeHistory:
+    """An in-memory history in the shapes of ``/api/v1/history`` and ``/stats/*``."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    async def page(self, filters: dict[str, Any], limit: int, cursor: str | None) -> dict[str, Any]:
+        def keep(row: dict[str, Any]) -> bool:
+            q = filters.get("q")
+            if q and q not in row["task_id"] and q not in row["task"]:
+                return False
+            return all(
+                row.get(k) == v for k, v in filters.items() if k in ("task", "status", "queue", "worker")
+            )
+
+        items = [r for r in self.rows if keep(r)]
+        start = int(cursor or 0)
+        more = start + limit < len(items)
+        return {"items": items[start : start + limit], "next_cursor": str(start + limit) if more else None}
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["task_id"] == task_id), None)
+
+    async def task_stats(self, since: Any, until: Any) -> dict[str, dict[str, Any]]:
+        return {"tests.record": {"total": 4, "succeeded": 3, "failed": 1, "retried": 0, "revoked": 0}}
+
+    async def throughput(self, since: Any, until: Any, bucket: int) -> list[dict[str, Any]]:
+        return [{"start": "2026-12-01T22:00:00+00:00", "counts": {"SUCCESS": 3, "FAILURE": 1}}]
+
+    async def runs(self, task: str, since: Any, limit: int) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["task"] == task][:limit]
+
+
+def _row(task_id: str, task: str, status: str, **extra: Any) -> dict[str, Any]:
+    row = {
+        "task_id": task_id,
+        "task": task,
+        "status": status,
+        "queue": "default",
+        "worker": "w@h",
+        "args": [HOSTILE],
+        "kwargs": {"note": HOSTILE},
+        "result": None,
+        "error": None,
+        "traceback": None,
+        "retries": 0,
+        "parent_id": None,
+        "root_id": task_id,
+        "sent_at": "2026-12-01T22:00:00+00:00",
+        "received_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "runtime_ms": 12.5,
+        "events": [{"type": "SENT", "at": "2026-12-01T22:00:00+00:00", "worker": None, "detail": None}],
+        "children": [],
+    }
+    return {**row, **extra}
+
+
+def test_task_pages_on_a_history_reader(browser: Any, client: Any, stack: Any) -> None:
+    """With a history reader on the app state, the tasks page lists, searches and filters
+    its rows, a task page shows timeline, arguments, error and children, the overview
+    its failure rate; hostile names and arguments stay text in Chromium."""
+    from starlette.testclient import TestClient
+
+    from internal.api.app import create_app
+    from internal.config.setting import load_settings
+
+    rows = [
+        _row("t-1", "tests.record", "SUCCESS", result=HOSTILE),
+        _row(
+            "t-2",
+            f"{HOSTILE}.name",
+            "FAILURE",
+            error={"type": "ValueError", "message": HOSTILE},
+            traceback=HOSTILE,
+            children=[{"task_id": "t-3", "task": "tests.record", "status": "SUCCESS"}],
+        ),
+        _row("t-3", "tests.record", "SUCCESS", parent_id="t-2"),
+    ]
+    app = create_app(load_settings(), client)
+    app.state.dashboard_history = FakeHistory(rows)
+    tab = browser.new_page()
+    try:
+        with TestClient(app, base_url="https://testserver") as http:
+
+            def show(path: str) -> str:
+                response = http.get(path)
+                assert response.status_code == 200, response.text[:500]
+                tab.set_content(response.text)
+                assert tab.evaluate("window.__xss") is None
+                assert tab.locator("main script").count() == 0
+                return str(tab.locator("main").inner_text())
+
+            listed = show("/dashboard/tasks")
+            assert f"{HOSTILE}.name" in listed and "t-1" in listed and "t-3" in listed
+            assert listed.count("<script>window.__xss = 1</script>") == 4  # a name, three args
+            assert tab.locator("tr.task-row").count() == 3
+            show("/dashboard/tasks?status=FAILURE")
+            assert tab.locator("tr.task-row").evaluate_all("r => r.map(x => x.dataset.taskId)") == ["t-2"]
+            show("/dashboard/tasks?q=t-3")
+            assert tab.locator("tr.task-row").count() == 1
+            show("/dashboard/tasks?limit=2")
+            assert tab.locator("tr.task-row").count() == 2 and tab.locator("a", has_text="Older").count() == 1
+            detail = show("/dashboard/tasks/t-2")
+            assert f"ValueError: {HOSTILE}" in detail and "SENT" in detail and "t-3" in detail
+            assert tab.locator("form[action$='/revoke']").count() == 1
+            assert "25.0 %" in show("/dashboard/")
+            assert http.get("/dashboard/tasks/unknown").status_code == 404
+    finally:
+        tab.close()
