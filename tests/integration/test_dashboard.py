@@ -245,12 +245,42 @@ def test_schedules_show_next_fires_and_can_be_disabled(
         client.remove_periodic_task(name)
 
 
-def test_overview_and_tasks_pages_load(page: Any, api: Api, client: Any, tmp_path: Path) -> None:
-    """The overview lists the workers online; the tasks page loads."""
+def _add_queue_samples(database_url: str, queue: str) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime, timedelta
+
+    from internal.infra.database import open_engine
+    from internal.models import QueueLengthSample
+
+    async def insert() -> None:
+        engine = await open_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                now = datetime.now(UTC)
+                rows = [
+                    {"queue": queue, "length": n, "sampled_at": now - timedelta(minutes=n)} for n in (1, 5, 9)
+                ]
+                await conn.execute(QueueLengthSample.__table__.insert(), rows)
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's loop
+        pool.submit(asyncio.run, insert()).result()
+
+
+def test_overview_and_tasks_pages_load(page: Any, api: Api, client: Any, stack: Any, tmp_path: Path) -> None:
+    """The overview lists the workers online and charts the recorded queue lengths; the
+    tasks page loads."""
+    queue = f"dash-{_word()}"
+    _add_queue_samples(stack.database_url, queue)
     _login(page)
     page.goto("/dashboard/")
     assert int(page.locator("#workers-online").inner_text()) >= 1
     assert "stack-worker@" in page.locator("main").inner_text()
+    assert page.locator(".legend", has_text=queue).count() == 1
+    assert page.locator("svg.chart polyline").count() >= 1
+    _shot(page, tmp_path, "overview-samples")
     page.goto("/dashboard/tasks")
     _shot(page, tmp_path, "tasks")
     assert page.locator("h1").inner_text() == "Tasks"
