@@ -179,6 +179,7 @@ def test_failures_are_grouped_resubmitted_and_edited(
     new_id = re.search(r"as (\S+) \(from", flash).group(1)  # type: ignore[union-attr]
     assert new_id != broken
     assert client.get_result(new_id, timeout=20) == 42
+    assert client.get_task_metas([new_id])[new_id].get("parent_id") == broken  # linked to the failed one
     assert not _dead_letters_of(client, "tests.total", word)
 
     page.goto(f"/dashboard/failures/{ids[0]}/edit")  # gone from the list? it was re-submitted
