@@ -103,6 +103,13 @@ def bounded_int(raw: str | None, default: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+def _bounded_id(value: str, what: str) -> str:
+    """An id or name from a URL or form: 1-255 characters, else :class:`NotFound`."""
+    if not value or len(value) > 255:
+        raise NotFound(f"no {what} with that id (ids are 1-255 characters)")
+    return value
+
+
 def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -200,6 +207,7 @@ async def failures(ctx: Context) -> dict[str, Any]:
 
 async def dead_letter(ctx: Context, entry_id: str) -> dict[str, Any]:
     """One dead letter (:class:`NotFound` if none)."""
+    entry_id = _bounded_id(entry_id, "dead letter")
     try:
         entry = await asyncio.to_thread(
             dead_letter_service.get_dead_letter, client=ctx.client, entry_id=entry_id
@@ -237,6 +245,7 @@ async def resubmit_group(ctx: Context, key: str) -> str:
 
 async def resubmit_entry(ctx: Context, entry_id: str) -> str:
     """Re-submit one entry as it was (same id)."""
+    entry_id = _bounded_id(entry_id, "dead letter")
     try:
         task_id = await asyncio.to_thread(ctx.client.resubmit_dead_letter, entry_id)
     except DeadLetterNotFoundError as exc:
@@ -326,7 +335,8 @@ async def schedules(ctx: Context) -> dict[str, Any]:
 
 
 async def toggle_schedule(ctx: Context, name: str, enabled: bool) -> str:
-    """Enable or disable an entry."""
+    """Enable or disable an entry (the client checks the name)."""
+    name = _bounded_id(name, "periodic entry")
     toggle = ctx.client.enable_periodic_task if enabled else ctx.client.disable_periodic_task
     try:
         await asyncio.to_thread(toggle, name)
@@ -346,12 +356,13 @@ async def tasks(ctx: Context, query: dict[str, str]) -> dict[str, Any]:
     if ctx.history is None:
         return {"items": [], "next_cursor": None, "filters": filters, "history": False}
     limit = bounded_int(query.get("limit"), 50, 1, 500)
-    page = await ctx.history.page(filters, limit, query.get("cursor") or None)
+    page = await ctx.history.page(filters, limit, (query.get("cursor") or "")[:1000] or None)
     return {**page, "filters": filters, "history": True, "limit": limit}
 
 
 async def task(ctx: Context, task_id: str) -> dict[str, Any]:
-    """One task from history (or, without it, what the result store still knows)."""
+    """One task from history."""
+    task_id = _bounded_id(task_id, "task")
     row = await ctx.history.get(task_id) if ctx.history is not None else None
     if row is None:
         raise NotFound(f"no task {task_id!r} in the history")
@@ -360,12 +371,14 @@ async def task(ctx: Context, task_id: str) -> dict[str, Any]:
 
 async def revoke(ctx: Context, task_id: str, *, terminate: bool) -> str:
     """Revoke a task (durably)."""
+    task_id = _bounded_id(task_id, "task")
     await asyncio.to_thread(ctx.client.revoke, task_id, terminate)
     return f"revoked {task_id}" + (" (terminating it if it runs)" if terminate else "")
 
 
 async def resubmit_task(ctx: Context, task_id: str) -> str:
     """Send a task from history again under a new id, linked to it."""
+    task_id = _bounded_id(task_id, "task")
     row = await ctx.history.get(task_id) if ctx.history is not None else None
     if row is None:
         raise NotFound(f"no task {task_id!r} in the history")

@@ -339,6 +339,25 @@ def test_without_api_token_the_dashboard_is_open_but_actions_still_need_csrf(cli
         done = http.post("/dashboard/schedules/toggle", data={**form, "csrf": csrf}, follow_redirects=False)
         assert done.status_code == 303
         assert "no periodic entry" in http.get("/dashboard/schedules").text
+        # The worst inputs: refused with a message, nothing changes, never a 500.
+        for name in ("x" * 10_000, ":lock", "a\nb", ""):
+            form = {"name": name, "enabled": "0", "csrf": csrf}
+            answer = http.post("/dashboard/schedules/toggle", data=form, follow_redirects=False)
+            assert answer.status_code == 303, (name[:20], answer.status_code)
+            assert "flash error" in http.get("/dashboard/schedules").text
+        assert http.get("/dashboard/tasks/" + "t" * 300).status_code == 404
+        newline = http.post("/dashboard/tasks/a%0Ab/revoke", data={"csrf": csrf}, follow_redirects=False)
+        assert newline.status_code == 404
+        revoke = http.post("/dashboard/tasks/a%20b/revoke", data={"csrf": csrf}, follow_redirects=False)
+        assert revoke.status_code == 303
+        assert "flash error" in http.get("/dashboard/schedules").text
+        huge = http.post("/dashboard/schedules/toggle", data={"name": "n" * 300_000, "csrf": csrf})
+        assert huge.status_code == 400
+        bad_edit = http.post(
+            "/dashboard/failures/nope/edit", data={"args": "[", "csrf": csrf}, follow_redirects=False
+        )
+        assert bad_edit.status_code == 303
+        assert "not valid JSON" in http.get("/dashboard/failures").text
 
 
 class FakeHistory:
