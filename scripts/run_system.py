@@ -174,9 +174,13 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
             process.wait(5)
 
 
-def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Child]:
-    """The API, a worker consuming every queue, and beat."""
+def children(
+    env: dict[str, str], host: str, port: int, queues: str, flower_port: int | None = None
+) -> list[Child]:
+    """The API, a worker consuming every queue, and beat (and Flower if asked)."""
     python = sys.executable
+    app = "internal.infra.celery.celery_app"
+    flower = [python, "-m", "celery", "-A", app, "flower", f"--address={host}", f"--port={flower_port}"]
     return [
         # uvicorn with the API_* header, timeout and connection limits (internal/api/server.py).
         Child("api", [python, "-m", "internal.api.server", "--host", host, "--port", str(port)], env),
@@ -186,6 +190,7 @@ def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Chi
             [python, "-m", "celery", "-A", "internal.infra.celery.celery_app", "beat", "-l", "info"],
             env,
         ),
+        *([Child("flower", flower, env)] if flower_port else []),
     ]
 
 
@@ -244,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds to wait for a graceful stop before killing",
     )
+    parser.add_argument(
+        "--flower",
+        type=int,
+        nargs="?",
+        const=5555,
+        default=None,
+        metavar="PORT",
+        help="also run Flower (live events) on this port, 5555 if none is given",
+    )
     args = parser.parse_args(argv)
 
     VAR_DIR.mkdir(exist_ok=True)
@@ -257,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"database {settings.safe_database_url}: applying migrations")
         migrate = [sys.executable, "-m", "alembic", "upgrade", "head"]
         subprocess.run(migrate, cwd=REPO_ROOT, env=env, check=True)
-        say(f"API on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops everything")
-        return supervise(children(env, args.host, args.port, args.queues), args.shutdown_timeout)
+        say(f"API on http://{args.host}:{args.port} (docs at /docs, dashboard at /dashboard)")
+        if args.flower:
+            say(f"Flower on http://{args.host}:{args.flower}")
+        say("Ctrl-C stops everything")
+        procs = children(env, args.host, args.port, args.queues, args.flower)
+        return supervise(procs, args.shutdown_timeout)
     finally:
         if redis_process is not None:
             stop_process(redis_process)

@@ -15,6 +15,7 @@ from internal.api.metrics import Metrics
 from internal.api.middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, MetricsMiddleware
 from internal.api.routes import dead_letters, operations, periodic, tasks, workflows
 from internal.config.setting import Settings
+from internal.dashboard import mount_dashboard
 from internal.infra.celery import check_celery
 from internal.infra.database import open_engine
 from internal.infra.redis import open_redis
@@ -82,6 +83,7 @@ def create_app(settings: Settings, client: CeleryClient) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(operations.probes)
     app.include_router(operations.probes, prefix=API_PREFIX, include_in_schema=False)
+    mount_dashboard(app)  # /dashboard: its own login (same API_TOKEN) and CSRF checks
     templates = {
         route.endpoint: prefix + route.path
         for prefix, router in [(API_PREFIX, r) for r in api_routers] + [("", operations.probes)]

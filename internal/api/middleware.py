@@ -17,6 +17,8 @@ __all__ = ["BearerAuthMiddleware", "BodySizeLimitMiddleware", "MetricsMiddleware
 
 #: Paths served without a token even when ``API_TOKEN`` is set.
 PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
+#: Paths that check ``API_TOKEN`` themselves (the dashboard: login form and session cookie).
+SELF_AUTHENTICATED_PREFIX = "/dashboard"
 
 
 async def _reject(
@@ -73,7 +75,13 @@ class BearerAuthMiddleware:
         self.expected = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if (
+            self.expected is None
+            or scope["type"] != "http"
+            or path in PUBLIC_PATHS
+            or _self_authenticated(path)
+        ):
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
@@ -82,6 +90,10 @@ class BearerAuthMiddleware:
             await _reject(scope, receive, send, 401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
             return
         await self.app(scope, receive, send)
+
+
+def _self_authenticated(path: str) -> bool:
+    return path == SELF_AUTHENTICATED_PREFIX or path.startswith(SELF_AUTHENTICATED_PREFIX + "/")
 
 
 def _bearer_matches(header: bytes, expected: bytes) -> bool:
