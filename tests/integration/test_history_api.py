@@ -4,7 +4,7 @@ known set of history rows (inserted directly, so the numbers are exact)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -166,4 +166,22 @@ def test_needs_token(api: Api) -> None:
     import httpx
 
     assert httpx.get(api.base_url + "/api/v1/history", timeout=10).status_code == 401
-    assert datetime.now(UTC)  # the module's clock is UTC-aware
+
+
+def test_database_down_is_a_typed_error() -> None:
+    """A database that refuses connections (nothing listens on the port) raises
+    HistoryUnavailableError, which the API answers with 503."""
+    from internal.services import history
+    from tests.support.services import free_port
+
+    async def run() -> None:
+        engine = create_async_engine(f"mysql+asyncmy://root@127.0.0.1:{free_port()}/test")
+        try:
+            with pytest.raises(history.HistoryUnavailableError):
+                await history.list_history(engine=engine, limit=10)
+            with pytest.raises(history.HistoryUnavailableError):
+                await history.task_stats(engine=engine, since=None, until=None)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
