@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "QueueLengthSample", "TaskHistory", "TaskTransition"]
@@ -29,6 +30,10 @@ class QueueLengthSample(Base):
 
 
 # --- Task history (issue 11): one row per task, and its state transitions ---
+
+#: Timestamps to the microsecond on MySQL/MariaDB too (plain DATETIME keeps seconds), so
+#: the history's keyset cursor and runtimes are exact on every backend.
+_MICROS = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 class TaskHistory(Base):
@@ -62,11 +67,11 @@ class TaskHistory(Base):
     root_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     #: ``sent_at`` if known, else the first time any record of the task was seen: the
     #: key the history list is ordered and paged by.
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(_MICROS, nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(_MICROS, nullable=True)
+    received_at: Mapped[datetime | None] = mapped_column(_MICROS, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(_MICROS, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(_MICROS, nullable=True)
     runtime_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -81,6 +86,6 @@ class TaskTransition(Base):
     record_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     task_id: Mapped[str] = mapped_column(String(255), nullable=False)
     type: Mapped[str] = mapped_column(String(20), nullable=False)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    at: Mapped[datetime] = mapped_column(_MICROS, nullable=False)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)

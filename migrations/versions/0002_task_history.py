@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -28,7 +29,7 @@ _HISTORY_INDEXES = {
 
 def upgrade() -> None:
     """Create both tables and the indexes the history and stats queries use."""
-    ts = sa.DateTime(timezone=True)
+    ts = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     op.create_table(
         "task_history",
         sa.Column("task_id", sa.String(255), primary_key=True),
