@@ -298,3 +298,120 @@ class DeadLetterList(BaseModel):
 
     total: int
     dead_letters: list[DeadLetter]
+
+
+# --- Task history and statistics (issue 11) ---
+
+
+class HistoryError(BaseModel):
+    """The exception a failed task raised."""
+
+    type: str | None = None
+    message: str | None = None
+
+
+class HistoryItem(BaseModel):
+    """One task as the history recorded it; args, kwargs and result are JSON text,
+    truncated to ``HISTORY_MAX_VALUE_BYTES`` and with masked kwargs."""
+
+    task_id: str
+    task: str | None
+    status: str
+    queue: str | None
+    worker: str | None
+    args: str | None
+    kwargs: str | None
+    result: str | None
+    error: HistoryError | None
+    traceback: str | None
+    retries: int
+    parent_id: str | None
+    root_id: str | None
+    sent_at: datetime | None
+    received_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    runtime_ms: float | None
+
+
+class HistoryPage(BaseModel):
+    """A page of history, newest first; pass ``next_cursor`` back as ``cursor``."""
+
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+class HistoryEvent(BaseModel):
+    """One state transition of a task."""
+
+    type: str
+    at: datetime
+    worker: str | None
+    detail: str | None
+
+
+class HistoryDetail(HistoryItem):
+    """A task's row, its transitions (oldest first) and the tasks it started."""
+
+    events: list[HistoryEvent]
+    children: list[HistoryItem]
+
+
+class RuntimePercentiles(BaseModel):
+    """Runtime of finished runs, in milliseconds."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class TaskStats(BaseModel):
+    """Counts and runtimes of one task name over a time range."""
+
+    total: int
+    succeeded: int
+    failed: int
+    retried: int
+    revoked: int
+    failure_rate: float
+    runtime_ms: RuntimePercentiles
+
+
+class TaskStatsOut(BaseModel):
+    """Per task name statistics of tasks first seen in ``[since, until)``."""
+
+    since: datetime
+    until: datetime
+    tasks: dict[str, TaskStats]
+
+
+class ThroughputBucket(BaseModel):
+    """Tasks that finished in ``[start, start + bucket)``, by final status."""
+
+    start: datetime
+    counts: dict[str, int]
+
+
+class ThroughputOut(BaseModel):
+    """Finished tasks per time bucket."""
+
+    since: datetime
+    until: datetime
+    bucket: int
+    buckets: list[ThroughputBucket]
+
+
+class QueueSamplePoint(BaseModel):
+    """A queue's length at a moment."""
+
+    at: datetime
+    length: int
+
+
+class QueueStatsOut(BaseModel):
+    """Queue lengths over time, per queue, oldest first."""
+
+    since: datetime
+    until: datetime
+    queues: dict[str, list[QueueSamplePoint]]

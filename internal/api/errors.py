@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from internal.services.errors import InvalidInputError
+from internal.services.history import HistoryNotFoundError, HistoryUnavailableError
 from pkg.celery_task import (
     BrokerUnavailableError,
     DeadLetterNotFoundError,
@@ -148,6 +149,22 @@ def install_error_handlers(app: FastAPI) -> None:
             503,
             "store_full",
             "the task store (Redis) is out of memory and refuses writes; nothing was sent, retry later",
+            None,
+            {"Retry-After": "5"},
+        )
+
+    # Task history (issue 11)
+    @app.exception_handler(HistoryNotFoundError)
+    async def _no_history(request: Request, exc: HistoryNotFoundError) -> JSONResponse:
+        return _response(404, "not_found", str(exc), {"task_id": exc.task_id})
+
+    @app.exception_handler(HistoryUnavailableError)
+    async def _history_down(request: Request, exc: HistoryUnavailableError) -> JSONResponse:
+        logger.warning("history database unavailable: %s", exc)
+        return _response(
+            503,
+            "database_unavailable",
+            "the history database is unreachable; retry later",
             None,
             {"Retry-After": "5"},
         )
