@@ -16,6 +16,7 @@ from internal.api.middleware import BearerAuthMiddleware, BodySizeLimitMiddlewar
 from internal.api.routes import dead_letters, history, operations, periodic, tasks, workflows
 from internal.config.setting import Settings
 from internal.dashboard import mount_dashboard
+from internal.dashboard.history_reader import ServiceHistory
 from internal.infra.celery import check_celery
 from internal.infra.database import open_engine
 from internal.infra.redis import open_redis
@@ -53,6 +54,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.push_async_callback(redis.aclose)
         resources.push_async_callback(client.aclose)
         app.state.db_engine, app.state.redis = engine, redis
+        if getattr(app.state, "dashboard_history", None) is None:
+            app.state.dashboard_history = ServiceHistory(engine)
         public = await asyncio.to_thread(_load_public_tasks, client)
         logger.info("api: %d public task(s): %s", len(public), ", ".join(public))
         try:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from internal.dashboard import views
 from internal.dashboard.auth import COOKIE, SESSION_SECONDS, Session, Sessions
 from internal.services.errors import InvalidInputError
+from internal.services.history import HistoryUnavailableError
 from pkg.celery_task import BrokerUnavailableError, TaskSystemError
 
 __all__ = ["CSP", "PREFIX", "create_dashboard", "mount_dashboard"]
@@ -182,6 +183,10 @@ class Dashboard:
             return self.render(request, session, "error.html", 503, title="Unavailable", message=str(exc))
         except views.NotFound as exc:
             return self.render(request, session, "error.html", 404, title="Not found", message=str(exc))
+        except HistoryUnavailableError as exc:
+            return self.render(request, session, "error.html", 503, title="Unavailable", message=str(exc))
+        except InvalidInputError as exc:
+            return self.render(request, session, "error.html", 400, title="Refused", message=str(exc))
 
     def refuse(self, request: Request, message: str, status: int = 403) -> HTMLResponse:
         """An error page for a refused action (no session data in it)."""

@@ -185,3 +185,36 @@ def test_database_down_is_a_typed_error() -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_dashboard_reads_the_same_history(stack: Stack, seeded: None) -> None:
+    """The dashboard's reader answers from the same rows: pages, one task with its
+    events, stats; stored argument text comes back as values."""
+    from internal.dashboard.history_reader import ServiceHistory
+
+    since, until = BASE - timedelta(hours=1), BASE + timedelta(hours=1)
+
+    async def run() -> tuple[Any, ...]:
+        engine = create_async_engine(stack.database_url)
+        try:
+            reader = ServiceHistory(engine)
+            query = {"q": "math.div", "since": since, "until": until}
+            first = await reader.page({**query, "junk": "x"}, 2, None)
+            second = await reader.page(query, 2, first["next_cursor"])
+            one = await reader.get(f"{PREFIX}000")
+            missing = await reader.get(f"{PREFIX}nope")
+            stats = await reader.task_stats(since, until)
+            return first, second, one, missing, stats
+        finally:
+            await engine.dispose()
+
+    first, second, one, missing, stats = asyncio.run(run())
+    ids = [i["task_id"] for i in first["items"] + second["items"]]
+    assert ids == [f"{PREFIX}{i:03d}" for i in (13, 12, 11, 10)]
+    assert second["next_cursor"] is None
+    assert one is not None and one["args"] == [1, 2] and one["kwargs"] == {"password": "***"}
+    assert "args_truncated" not in one
+    assert [e["type"] for e in one["events"]] == ["sent", "received", "started", "succeeded"]
+    assert {c["task_id"] for c in one["children"]} == {f"{PREFIX}001", f"{PREFIX}002"}
+    assert missing is None
+    assert stats["math.div"]["failed"] == 3 and stats["math.div"]["succeeded"] == 1
