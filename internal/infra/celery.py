@@ -99,6 +99,9 @@ def build_celery_client(settings: Settings) -> CeleryClient:
             ),
         },
         tasksys_known_queues=settings.celery.known_queue_list,
+        tasksys_history=settings.history.enabled,
+        tasksys_history_max_value_bytes=settings.history.max_value_bytes,
+        tasksys_history_mask_keys=settings.history.mask_key_list,
         worker_soft_shutdown_timeout=settings.celery.soft_shutdown_timeout,
         **(THROUGHPUT_PROFILE if settings.celery.profile == "throughput" else {}),
     )
