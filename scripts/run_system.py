@@ -1,4 +1,4 @@
-"""Run the whole system locally: the HTTP API, a worker and beat, in one terminal.
+"""Run the whole system locally: the HTTP API, a worker, beat and the history recorder.
 
 The API is served by ``python -m internal.api.server`` (uvicorn with the ``API_*``
 header size, header/keep-alive timeout and connection limits), as in production.
@@ -175,7 +175,7 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Child]:
-    """The API, a worker consuming every queue, and beat."""
+    """The API, a worker consuming every queue, beat, and the task-history recorder."""
     python = sys.executable
     return [
         # uvicorn with the API_* header, timeout and connection limits (internal/api/server.py).
@@ -186,6 +186,7 @@ def children(env: dict[str, str], host: str, port: int, queues: str) -> list[Chi
             [python, "-m", "celery", "-A", "internal.infra.celery.celery_app", "beat", "-l", "info"],
             env,
         ),
+        Child("history-recorder", [python, "scripts/run_history_recorder.py"], env),
     ]
 
 

@@ -54,6 +54,11 @@ STATIC_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(minute="30", hour="8"),
         "kwargs": {"x": 100, "y": 200},
     },
+    # Task history retention (HISTORY_RETENTION_DAYS), every 10 minutes.
+    "task_history_retention": {
+        "task": "internal.aps_tasks.purge_task_history",
+        "schedule": 600.0,
+    },
     "task_heartbeat_30s": {
         "task": "math.number_sum",
         "schedule": 30.0,
