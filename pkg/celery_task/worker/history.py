@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import traceback as traceback_module
+import weakref
 from typing import Any
 
 import redis
@@ -96,6 +97,15 @@ class TaskHistory:
         self._failing = False
         self._started: dict[str, float] = {}
         self._connected = False
+        _track(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's flusher may have held it) and an
+        empty buffer (the parent sends its own records)."""
+        self._lock = threading.Lock()
+        self._buffer.clear()
+        self._started.clear()
+        self._pid = None
 
     def disconnect(self) -> None:
         """Stop receiving signals (safe twice)."""
@@ -317,6 +327,23 @@ class TaskHistory:
 
     def _on_shutdown(self, **_: Any) -> None:
         self.flush()
+
+
+_instances: weakref.WeakSet[TaskHistory] = weakref.WeakSet()
+_fork_hook: list[bool] = []
+
+
+def _track(history: TaskHistory) -> None:
+    """Reset ``history`` in forked children (one at-fork hook for all instances)."""
+    _instances.add(history)
+    if not _fork_hook:
+        _fork_hook.append(True)
+        os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _reset_after_fork() -> None:
+    for history in list(_instances):
+        history._after_fork()
 
 
 def _error(exc: Any) -> dict[str, str] | None:
