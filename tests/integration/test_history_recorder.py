@@ -48,10 +48,14 @@ def _detail(stack: Stack, task_id: str) -> HistoryDetail | None:
     return _db(stack, work)
 
 
-def _final(stack: Stack, task_id: str, status: str, timeout: float = 30) -> HistoryDetail:
+def _final(stack: Stack, task_id: str, status: str, timeout: float = 30, events: int = 0) -> HistoryDetail:
+    """The row once it has ``status`` and at least ``events`` transitions (the worker's
+    main process and its pool child flush separately, so they may land in any order)."""
+
     def done() -> HistoryDetail | None:
         detail = _detail(stack, task_id)
-        return detail if detail is not None and detail.status == status else None
+        ok = detail is not None and detail.status == status and len(detail.events) >= events
+        return detail if ok else None
 
     return wait_for(done, timeout, interval=0.3, what=f"{task_id} recorded as {status}")
 
@@ -74,7 +78,7 @@ def recorder(stack: Stack) -> Iterator[ManagedProcess]:
 def test_success_row_and_transitions(stack: Stack, client: CeleryClient, recorder: ManagedProcess) -> None:
     result = client.submit("math.number_sum", kwargs={"x": 2, "y": 3})
     assert result.get(timeout=20) == 5
-    detail = _final(stack, result.id, "SUCCESS")
+    detail = _final(stack, result.id, "SUCCESS", events=3)
     assert detail.task == "math.number_sum" and detail.queue == "default"
     assert detail.result == "5" and detail.runtime_ms is not None
     assert detail.received_at and detail.started_at and detail.finished_at
@@ -92,7 +96,7 @@ def test_failure_row(stack: Stack, client: CeleryClient, recorder: ManagedProces
 def test_retry_row(stack: Stack, client: CeleryClient, recorder: ManagedProcess, unique: str) -> None:
     result = client.submit("tests.flaky", (f"history-rec-flaky-{unique}", 2))
     assert result.get(timeout=30) == 3
-    detail = _final(stack, result.id, "SUCCESS")
+    detail = _final(stack, result.id, "SUCCESS", events=7)
     assert detail.retries == 2
     types = [e.type for e in detail.events]
     assert types.count("retried") == 2 and types.count("started") == 3 and types[-1] == "succeeded"

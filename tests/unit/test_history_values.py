@@ -3,6 +3,9 @@ option checks (hostile values refused, naming the option)."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 
 from pkg.celery_task._errors import InvalidRequestError
@@ -38,3 +41,24 @@ def test_mask_by_key_name_case_insensitive() -> None:
 def test_bad_history_options_refused(changes: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError, match="tasksys_history"):
         Options(redis_url="redis://127.0.0.1:6379/0", **changes)  # type: ignore[arg-type]
+
+
+def test_flush_keeps_records_while_redis_is_down_then_sends_them(redis_db: Any) -> None:
+    from celery import Celery
+
+    from pkg.celery_task._options import configure
+    from pkg.celery_task.worker.history import TaskHistory
+
+    app = Celery("history-flush", set_as_current=False)
+    configure(app, Options(redis_url="redis://127.0.0.1:1/0", history=True))
+    history = TaskHistory(app)
+    history._pid = os.getpid()  # no timer thread: this test flushes by hand
+    for n in range(3):
+        history._add({"type": "received", "task_id": f"t{n}"})
+    assert history.flush() == 0  # refused connection: kept, no exception
+    assert len(history._buffer) == 3
+    configure(app, redis_url=redis_db.url)
+    history._client = None
+    assert history.flush() == 3
+    assert redis_db.client.xlen("tasksys:history") == 3
+    assert history.flush() == 0

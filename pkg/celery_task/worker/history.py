@@ -90,6 +90,8 @@ class TaskHistory:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._lock = threading.Lock()
+        #: One flush at a time (the timer thread and a shutdown flush would send twice).
+        self._flushing = threading.Lock()
         self._buffer: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -103,6 +105,7 @@ class TaskHistory:
         """In a forked child: a fresh lock (the parent's flusher may have held it) and an
         empty buffer (the parent sends its own records)."""
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._buffer.clear()
         self._started.clear()
         self._pid = None
@@ -301,6 +304,10 @@ class TaskHistory:
     def flush(self) -> int:
         """Append the buffered records to the stream in one pipeline; how many went out.
         On a Redis error they stay buffered for the next flush (logged once per outage)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             batch = list(self._buffer)
         if not batch:
