@@ -101,7 +101,7 @@ class TaskHistory:
         self._connected = False
         _track(self)
 
-    def _after_fork(self) -> None:
+    def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (the parent's flusher may have held it) and an
         empty buffer (the parent sends its own records)."""
         self._lock = threading.Lock()
@@ -350,7 +350,7 @@ def _track(history: TaskHistory) -> None:
 
 def _reset_after_fork() -> None:
     for history in list(_instances):
-        history._after_fork()
+        history.reset_after_fork()
 
 
 def _error(exc: Any) -> dict[str, str] | None:
