@@ -1,4 +1,4 @@
-"""Run the whole system locally: the HTTP API, a worker and beat, in one terminal.
+"""Run the whole system locally: the HTTP API, a worker, beat and the history recorder.
 
 The API is served by ``python -m internal.api.server`` (uvicorn with the ``API_*``
 header size, header/keep-alive timeout and connection limits), as in production.
@@ -177,7 +177,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
 def children(
     env: dict[str, str], host: str, port: int, queues: str, flower_port: int | None = None
 ) -> list[Child]:
-    """The API, a worker consuming every queue, and beat (and Flower if asked)."""
+    """The API, a worker consuming every queue, beat, the task-history recorder (and
+    Flower if asked)."""
     python = sys.executable
     app = "internal.infra.celery.celery_app"
     flower = [python, "-m", "celery", "-A", app, "flower", f"--address={host}", f"--port={flower_port}"]
@@ -190,6 +191,7 @@ def children(
             [python, "-m", "celery", "-A", "internal.infra.celery.celery_app", "beat", "-l", "info"],
             env,
         ),
+        Child("history-recorder", [python, "scripts/run_history_recorder.py"], env),
         *([Child("flower", flower, env)] if flower_port else []),
     ]
 

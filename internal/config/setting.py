@@ -217,6 +217,25 @@ class ApiSettings(BaseSettings):
         return value if value is not None and value.get_secret_value() else None
 
 
+# -- Task history (issue 11): what workers record and how long the database keeps it.
+class HistorySettings(BaseSettings):
+    """Task history: ``HISTORY_ENABLED``, ``HISTORY_RETENTION_DAYS``,
+    ``HISTORY_MAX_VALUE_BYTES`` (args/kwargs/result kept per record) and
+    ``HISTORY_MASK_KEYS`` (comma-separated kwarg names stored masked)."""
+
+    model_config = _config("HISTORY_")
+
+    enabled: bool = True
+    retention_days: int = Field(14, ge=1, le=3650)
+    max_value_bytes: int = Field(4096, ge=64, le=1024 * 1024)
+    mask_keys: str = Field("password,token,secret,api_key,authorization", max_length=4096)
+
+    @property
+    def mask_key_list(self) -> list[str]:
+        """The masked kwarg names, lower case (at most 100)."""
+        return [k.strip().lower() for k in self.mask_keys.split(",") if k.strip()][:100]
+
+
 class Settings:
     """Every setting, grouped: ``app``, ``redis``, ``database``, ``celery``, ``api``."""
 
@@ -226,6 +245,7 @@ class Settings:
         self.database = DatabaseSettings(_env_file=env_file)
         self.celery = CelerySettings(_env_file=env_file)
         self.api = ApiSettings(_env_file=env_file)
+        self.history = HistorySettings(_env_file=env_file)
 
     def __repr__(self) -> str:
         names = ("app", "redis", "database", "celery", "api")

@@ -54,6 +54,11 @@ STATIC_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(minute="30", hour="8"),
         "kwargs": {"x": 100, "y": 200},
     },
+    # Task history retention (HISTORY_RETENTION_DAYS), every 10 minutes.
+    "task_history_retention": {
+        "task": "internal.aps_tasks.purge_task_history",
+        "schedule": 600.0,
+    },
     "task_heartbeat_30s": {
         "task": "math.number_sum",
         "schedule": 30.0,
@@ -99,6 +104,9 @@ def build_celery_client(settings: Settings) -> CeleryClient:
             ),
         },
         tasksys_known_queues=settings.celery.known_queue_list,
+        tasksys_history=settings.history.enabled,
+        tasksys_history_max_value_bytes=settings.history.max_value_bytes,
+        tasksys_history_mask_keys=settings.history.mask_key_list,
         worker_soft_shutdown_timeout=settings.celery.soft_shutdown_timeout,
         **(THROUGHPUT_PROFILE if settings.celery.profile == "throughput" else {}),
     )

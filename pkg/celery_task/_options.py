@@ -70,6 +70,14 @@ class Options:
     beat_redis_retry_period: float = 60
     #: Queues outside callers may name, besides the default queue and routed ones.
     known_queues: tuple[str, ...] = ()
+    #: Task history: workers append lifecycle records to the ``<key_prefix>history`` stream.
+    history: bool = False
+    #: Largest JSON text kept of one record's args, kwargs or result (longer: truncated).
+    history_max_value_bytes: int = 4096
+    #: Keyword arguments whose name (case-insensitive) is one of these are stored masked.
+    history_mask_keys: tuple[str, ...] = ("password", "token", "secret", "api_key", "authorization")
+    #: Approximate length bound of the history stream (oldest entries trimmed).
+    history_stream_maxlen: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.redis_url, str) or not self.redis_url:
@@ -88,12 +96,30 @@ class Options:
             _check_number(name, getattr(self, name), minimum=0)
         if self.unacked_heartbeat_interval is not None:
             _check_number("unacked_heartbeat_interval", self.unacked_heartbeat_interval, minimum=0.001)
-        for name in ("async_max_connections", "event_buffer_limit", "dead_letter_max", "max_argument_bytes"):
+        for name in (
+            "async_max_connections",
+            "event_buffer_limit",
+            "dead_letter_max",
+            "max_argument_bytes",
+            "history_max_value_bytes",
+            "history_stream_maxlen",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 _refuse(name, "a whole number >= 1", value)
-        if not isinstance(self.store_oom_retry, bool):
-            _refuse("store_oom_retry", "true or false", self.store_oom_retry)
+        for name in ("store_oom_retry", "history"):
+            if not isinstance(getattr(self, name), bool):
+                _refuse(name, "true or false", getattr(self, name))
+        if self.history_max_value_bytes > 1024 * 1024:
+            _refuse("history_max_value_bytes", "a whole number <= 1048576", self.history_max_value_bytes)
+        masks = self.history_mask_keys
+        if (
+            isinstance(masks, str)
+            or len(masks) > 100
+            or not all(isinstance(k, str) and 0 < len(k) <= 200 for k in masks)
+        ):
+            _refuse("history_mask_keys", "a list of at most 100 key names of 1-200 characters", masks)
+        object.__setattr__(self, "history_mask_keys", tuple(k.lower() for k in masks))
         queues = self.known_queues
         if isinstance(queues, str) or not all(isinstance(q, str) for q in queues):
             _refuse("known_queues", "a list of queue names", queues)

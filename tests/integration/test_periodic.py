@@ -25,7 +25,7 @@ def test_static_entries_are_listed_after_beat_starts(stack: Stack, client: Celer
     entries = {e["name"]: e for e in client.list_periodic_tasks()}
     for name in STATIC_BEAT_SCHEDULE:
         assert entries[name]["static"] is True
-        assert entries[name]["task"] == "math.number_sum"
+        assert entries[name]["task"] == STATIC_BEAT_SCHEDULE[name]["task"]
     assert entries["task_sum_every_15_min"]["schedule"] == {
         "type": "cron",
         "value": "*/15 * * * *",

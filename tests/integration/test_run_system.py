@@ -57,7 +57,7 @@ def test_run_starts_embedded_redis_api_worker_beat_and_ctrl_c_stops_all(session_
             assert done.returncode == 0, f"README command failed: {command}\n{done.stdout}{done.stderr}"
 
         pids = [int(p) for p in re.findall(r"\(pid (\d+)", runner.log())]
-        assert len(pids) == 4  # redis-server, api, worker, beat
+        assert len(pids) == 5  # redis-server, api, worker, beat, history-recorder
         runner.send(signal.SIGINT)
         assert runner.wait(90) == 0
         assert not [pid for pid in pids if _alive(pid)]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from internal.config.setting import setting
 from internal.infra.celery import celery_client
-from internal.infra.database import session_scope
+from internal.infra.database import get_engine, session_scope
 from internal.infra.redis import get_redis
 from internal.models import QueueLengthSample
 from internal.tasks.base import AppTask
 
-__all__ = ["LATEST_QUEUE_LENGTHS_KEY", "record_queue_lengths"]
+__all__ = ["LATEST_QUEUE_LENGTHS_KEY", "purge_task_history", "record_queue_lengths"]
 
 #: Redis hash holding the most recent sample (queue → length) for dashboards.
 LATEST_QUEUE_LENGTHS_KEY = "tasksys:queue_lengths:latest"
@@ -35,3 +36,12 @@ async def record_queue_lengths() -> dict[str, int]:
         pipe.hset(LATEST_QUEUE_LENGTHS_KEY, mapping=mapping)  # type: ignore[arg-type]
         await pipe.execute()
     return lengths
+
+
+@celery_client.app.task(name="internal.aps_tasks.purge_task_history", base=AppTask, public=True)
+async def purge_task_history() -> int:
+    """Delete task history older than ``HISTORY_RETENTION_DAYS`` (up to 10,000 rows per
+    call, with their transitions); how many rows went."""
+    from internal.services.history_recorder import delete_older_than
+
+    return await delete_older_than(get_engine(), setting.history.retention_days)

@@ -12,6 +12,7 @@ from .backend import TimedRedisBackend
 from .consumer import Consumer
 from .events import EventBatching
 from .heartbeat import UnackedHeartbeat
+from .history import TaskHistory
 from .hooks import WorkerHooks
 from .revokes import DurableRevokes
 from .timers import TimerCompaction
@@ -57,9 +58,12 @@ def worker_conf(redis_broker: bool) -> dict[str, Any]:
 
 def install(app: Celery) -> WorkerHooks:
     """Add the worker's consumer bootsteps and, for Redis results, TimedRedisBackend
-    (which also records start time and runtime) to ``app``; its lifecycle hooks."""
+    (which also records start time and runtime) to ``app``, and task history (recorded
+    only where ``tasksys_history`` is on when the worker starts); its lifecycle hooks."""
     backends = {"redis": BACKEND_PATH, "rediss": BACKEND_PATH}
     app.loader.override_backends = {**app.loader.override_backends, **backends}
     for step in CONSUMER_STEPS:
         app.steps["consumer"].add(step)
-    return WorkerHooks(app)
+    hooks = WorkerHooks(app)
+    hooks.attach_history(TaskHistory(app))
+    return hooks

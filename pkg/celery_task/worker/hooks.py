@@ -59,11 +59,18 @@ class WorkerHooks:
         self.on_startup: list[Hook] = []
         self.on_shutdown: list[Hook] = []
         self._started_pid: int | None = None
+        self._history: Any = None
         _attach(self)
+
+    def attach_history(self, history: Any) -> None:
+        """Keep the task-history recorder of this app, disconnected with the hooks."""
+        self._history = history
 
     def disconnect(self) -> None:
         """Stop receiving Celery's signals (safe twice); the client's ``close()`` calls it."""
         _detach(self)
+        if self._history is not None:
+            self._history.disconnect()
 
     def _on_setup_logger(self, logger: logging.Logger | None = None, **_: Any) -> None:
         """Worker and beat logs escape control characters (see :class:`EscapingFormatter`)."""
@@ -91,6 +98,8 @@ class WorkerHooks:
             return
         _refuse_wrong_credentials(self.app)
         _use_worker_backend_retries(self.app)
+        if self._history is not None:
+            self._history.start_if_enabled()
         pool_cls = get_implementation(sender.pool_cls)
         if isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
             return  # the children run the hooks (worker_process_init)
