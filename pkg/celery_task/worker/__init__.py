@@ -14,6 +14,8 @@
 - ``qos``: the channel's unacked index, one atomic script per delivery, ack and requeue.
 - ``messages``: :class:`SafeMessage`, unreadable messages handed on as refused stand-ins.
 - ``backend``: :class:`TimedRedisBackend`, results with start time and runtime, stored atomically.
+- ``pool``: :class:`AsyncioPool`, many ``async def`` tasks at once on the process's loop.
+- ``history``: :class:`TaskHistory`, lifecycle records buffered and appended to the history stream.
 
 Private Celery and kombu names these modules need are reached through ``.._compat``.
 """
