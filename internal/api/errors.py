@@ -57,6 +57,11 @@ def _response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
+def _unavailable(code: str, what: str) -> JSONResponse:
+    """A 503 saying ``what`` is wrong, with ``Retry-After`` (the request may simply be retried)."""
+    return _response(503, code, f"{what}; retry later", None, {"Retry-After": "5"})
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -134,23 +139,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BrokerUnavailableError)
     async def _broker_down(request: Request, exc: BrokerUnavailableError) -> JSONResponse:
         logger.warning("broker unavailable: %s", exc)
-        return _response(
-            503,
-            "broker_unavailable",
-            "the task broker or result store is unreachable; retry later",
-            None,
-            {"Retry-After": "5"},
-        )
+        return _unavailable("broker_unavailable", "the task broker or result store is unreachable")
 
     @app.exception_handler(StoreFullError)
     async def _store_full(request: Request, exc: StoreFullError) -> JSONResponse:
         logger.warning("store full: %s", exc)
-        return _response(
-            503,
-            "store_full",
-            "the task store (Redis) is out of memory and refuses writes; nothing was sent, retry later",
-            None,
-            {"Retry-After": "5"},
+        return _unavailable(
+            "store_full", "the task store (Redis) is out of memory and refuses writes; nothing was sent"
         )
 
     # Task history (issue 11)
@@ -161,13 +156,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HistoryUnavailableError)
     async def _history_down(request: Request, exc: HistoryUnavailableError) -> JSONResponse:
         logger.warning("history database unavailable: %s", exc)
-        return _response(
-            503,
-            "database_unavailable",
-            "the history database is unreachable; retry later",
-            None,
-            {"Retry-After": "5"},
-        )
+        return _unavailable("database_unavailable", "the history database is unreachable")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
