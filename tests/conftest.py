@@ -116,6 +116,7 @@ def stack(session_db: RedisDb, session_tmp: Path) -> Iterator[Stack]:
     hook_dir = session_tmp / "stack-hooks"
     hook_dir.mkdir(parents=True, exist_ok=True)
     env = service_env(session_db, database_url=database_url, hook_dir=hook_dir)
+    env["HISTORY_ENABLED"] = "true"  # the history tests read what this worker records
     worker = start_worker("stack-worker", env, log_dir, queues=["default"], concurrency=2)
     beat = None
     try:
