@@ -24,6 +24,7 @@ from ._canvas import Canvas
 from ._conf import THROUGHPUT_PROFILE, available_modules, default_conf, normalise_routes, state_redis_url
 from ._deadletter import DeadLetterQueue, connect_failure_recorder
 from ._errors import ClientClosedError, InvalidRequestError
+from ._flow import FlowLimitStore
 from ._limits import MAX_PRIORITY, MIN_PRIORITY
 from ._operations import Operations
 from ._options import Options, configure
@@ -58,6 +59,7 @@ class _Parts:
     periodic: PeriodicStore
     dead_letters: DeadLetterQueue
     operations: Operations
+    flow: FlowLimitStore
 
 
 class CeleryClient:
@@ -150,6 +152,7 @@ class CeleryClient:
             ),
             dead_letters=DeadLetterQueue(app, publisher),
             operations=Operations(app, default_queue=self.task_default_queue, task_routes=self.task_routes),
+            flow=FlowLimitStore(app),
         )
 
     def _require_open(self) -> None:
@@ -413,6 +416,26 @@ class CeleryClient:
         return self._parts.dead_letters.delete(entry_id)
 
     # -- workers and queues ----------------------------------------------------------
+
+    # -- flow control ----------------------------------------------------------------
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every task with flow limits: the limits in force, ``source`` (``declared`` by
+        its code or ``runtime`` from :meth:`set_limits`) and how many starts waited."""
+        self.load_tasks()
+        return self._parts.flow.listing()
+
+    def set_limits(self, task_name: str, **limits: Any) -> dict[str, Any]:
+        """Replace a task's flow limits on every worker within about a second (limits
+        not given are off): ``global_rate_limit``, ``rate_limit_per_key`` ("10/s",
+        "600/m", "5/h"), ``concurrency_limit``, ``concurrency_limit_per_key``."""
+        self.load_tasks()
+        return self._parts.flow.set(task_name, limits).as_dict()
+
+    def reset_limits(self, task_name: str) -> dict[str, Any]:
+        """Drop a task's runtime limits: the ones its code declares apply again."""
+        self.load_tasks()
+        return self._parts.flow.reset(task_name).as_dict()
 
     def register_worker_hooks(self, on_startup: Any = None, on_shutdown: Any = None) -> None:
         """Register sync or ``async`` callables run in each task-executing worker

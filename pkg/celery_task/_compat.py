@@ -588,3 +588,32 @@ def base_pool_info(pool: Any) -> dict[str, Any]:
     from celery.concurrency.base import BasePool
 
     return dict(BasePool._get_info(pool))
+
+
+# == Flow control ======================================================================
+#
+# - A task waiting for a flow-control permit must not hold a pool slot, so the gate sits
+#   where the worker hands a request to its pool: ``WorkController._process_task``
+#   (looked up on the instance by ``_process_task_sem`` at each call, as the dead-letter
+#   guard above relies on too). A request the gate holds gives back the semaphore slot
+#   ``_process_task_sem`` took for it (``_quick_release``), only when that path took one.
+
+
+def gate_process_task(
+    controller: Any, on_task_request: Callable[[Any], Any], admit: Callable[[Any], bool]
+) -> Callable[[Any], Any]:
+    """Make the controller's hand-off to its pool run ``admit(request)`` first and pass
+    on only admitted requests; returns the ``on_task_request`` the consumer should use."""
+    inner = getattr(controller, "_process_task", None)
+    if inner is None:
+        return on_task_request
+
+    def gated(request: Any) -> None:
+        if admit(request):
+            inner(request)
+        elif getattr(controller, "process_task", None) == getattr(controller, "_process_task_sem", None):
+            with contextlib.suppress(AttributeError):  # no semaphore: nothing to give back
+                controller._quick_release()
+
+    controller._process_task = gated
+    return gated if on_task_request == inner else on_task_request

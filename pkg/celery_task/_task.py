@@ -16,6 +16,7 @@ import redis.exceptions
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from ._flow import Limits
 from ._loop import run_task_coroutine
 
 __all__ = ["BaseTask", "PermanentError", "TransientError"]
@@ -79,6 +80,10 @@ class BaseTask(celery.Task):  # type: ignore[misc]
         cls.run = _finishing_awaitables(inspect.getattr_static(cls, "run"))
         if "transient_errors" in own and "autoretry_for" not in own:
             cls.autoretry_for = own["transient_errors"]
+        try:
+            Limits.of_task(cls)
+        except ValueError as exc:
+            raise TypeError(f"task {cls.__name__}: {exc}") from None
         if own.get("retry_countdown") is not None:
             if "retry_backoff" in own:
                 raise TypeError(f"task {cls.__name__}: give retry_countdown or retry_backoff, not both")

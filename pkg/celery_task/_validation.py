@@ -20,6 +20,7 @@ from kombu.utils.json import dumps as _kombu_json_dumps
 from redbeat.schedulers import ensure_conf
 
 from ._errors import InvalidArgumentsError, InvalidPriorityError, InvalidRequestError, UnknownTaskError
+from ._flow import FLOW_KEY_HEADER, check_flow_key
 from ._limits import (
     MAX_DELAY,
     MAX_EXPIRES,
@@ -178,6 +179,10 @@ def send_options(
             expires, field="expires", minimum=0, maximum=MAX_EXPIRES.total_seconds(), inclusive_minimum=False
         )
     check_time_limits(options, soft_default)
+    flow_key = options.pop("flow_key", None)
+    if flow_key is not None:
+        headers = options.get("headers") or {}
+        options["headers"] = {**headers, FLOW_KEY_HEADER: check_flow_key(flow_key)}
     given = {
         "task_id": task_id,
         "queue": queue,

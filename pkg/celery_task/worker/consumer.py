@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .._compat import guard_process_task, task_ready
 from .._deadletter import MAX_TEXT, dead_letters_for, error_of
+from .flow import FlowGate
 from .messages import REFUSED_HEADER
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "Consumer"]
@@ -46,11 +47,22 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def __init__(self, on_task_request: Callable[[Any], Any], *args: Any, **kwargs: Any) -> None:
         controller = kwargs.get("controller")
+        self.flow_gate: FlowGate | None = None
         if controller is not None:
+            self.flow_gate = FlowGate(controller.app, self)
+            on_task_request = self.flow_gate.wrap(controller, on_task_request)
             on_task_request = guard_process_task(
                 controller, on_task_request, self._refuse_request, check=_check_arguments
             )
+            self.flow_gate.dispatch_with(on_task_request)
         super().__init__(on_task_request, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        """Celery's shutdown, then the flow slots still held are given back (their
+        messages return to the queue)."""
+        super().shutdown()
+        if self.flow_gate is not None:
+            self.flow_gate.release_all()
 
     def _refuse_request(self, request: Any, exc: Exception) -> None:
         """A request the pool did not take: requeue it if Redis or the broker failed,

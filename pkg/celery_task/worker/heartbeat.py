@@ -128,6 +128,8 @@ class UnackedHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
                 now = time.time()
                 if legacy is not None:
                     legacy.maybe_sweep(now)
+                for holder in list(getattr(channel.qos, "lease_holders", ())):
+                    holder.renew(now)
                 tags = held_tags(channel.qos)
                 if not tags:
                     continue

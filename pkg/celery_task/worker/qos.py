@@ -76,6 +76,12 @@ class ScriptedQoS(kombu_redis.QoS):
 
     channel: PriorityRedisChannel
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Told of every settled message (``settled(tag)``) and renewed by the
+        #: heartbeat (``renew(now)``): the flow gate's slot leases.
+        self.lease_holders: list[Any] = []
+
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
         payload = dumps([raw_payload(message), delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
@@ -94,6 +100,7 @@ class ScriptedQoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         self._release(delivery_tag)
         release_in_memory(self, delivery_tag)
+        self._settled(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
@@ -101,6 +108,11 @@ class ScriptedQoS(kombu_redis.QoS):
         else:
             self._release(delivery_tag)
         release_in_memory(self, delivery_tag)
+        self._settled(delivery_tag)
+
+    def _settled(self, delivery_tag: str) -> None:
+        for holder in self.lease_holders:
+            holder.settled(delivery_tag)
 
     def _release(self, delivery_tag: str) -> None:
         def release() -> None:
