@@ -77,7 +77,7 @@ class ScriptedQoS(kombu_redis.QoS):
     channel: PriorityRedisChannel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         #: Told of every settled message (``settled(tag)``) and renewed by the
         #: heartbeat (``renew(now)``): the flow gate's slot leases.
         self.lease_holders: list[Any] = []
