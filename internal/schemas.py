@@ -84,6 +84,9 @@ class TaskSubmit(_Request):
     task_id: TaskId | None = Field(
         None, description="your id for the task; an id already known is refused (409 task_id_in_use)"
     )
+    flow_key: EntryName | None = Field(
+        None, description="the key per-key rate and concurrency limits count this task under (a tenant id)"
+    )
 
 
 class TaskAccepted(BaseModel):
@@ -415,3 +418,39 @@ class QueueStatsOut(BaseModel):
     since: datetime
     until: datetime
     queues: dict[str, list[QueueSamplePoint]]
+
+
+#: A rate limit as text: a count per second, minute or hour.
+RateText = Annotated[str, StringConstraints(max_length=20, pattern=r"^\s*\d{1,7}\s*/\s*[smh]\s*$")]
+#: A concurrency limit.
+SlotCount = Annotated[int, Field(ge=1, le=100_000)]
+
+
+class FlowLimitsIn(_Request):
+    """``PUT /limits/{task}``: the task's limits from now on, on every worker (an
+    omitted or null limit is off)."""
+
+    global_rate_limit: RateText | None = Field(
+        None, description="starts per window over all workers: 10/s, 600/m, 5/h"
+    )
+    rate_limit_per_key: RateText | None = Field(None, description="starts per window for each flow_key")
+    concurrency_limit: SlotCount | None = Field(None, description="at most this many running at once")
+    concurrency_limit_per_key: SlotCount | None = Field(None, description="at most this many per flow_key")
+
+
+class FlowLimitsOut(BaseModel):
+    """One task's flow limits in force."""
+
+    task: str
+    global_rate_limit: str | None
+    rate_limit_per_key: str | None
+    concurrency_limit: int | None
+    concurrency_limit_per_key: int | None
+    source: Literal["declared", "runtime"]
+    throttled: int = Field(description="starts that had to wait for a permit (each waiting task once)")
+
+
+class FlowLimitList(BaseModel):
+    """``GET /limits``: every task with limits."""
+
+    items: list[FlowLimitsOut]

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from internal.api.errors import install_error_handlers
 from internal.api.metrics import Metrics
 from internal.api.middleware import BearerAuthMiddleware, BodySizeLimitMiddleware, MetricsMiddleware
-from internal.api.routes import dead_letters, history, operations, periodic, tasks, workflows
+from internal.api.routes import dead_letters, history, limits, operations, periodic, tasks, workflows
 from internal.config.setting import Settings
 from internal.dashboard import mount_dashboard
 from internal.dashboard.history_reader import ServiceHistory
@@ -81,8 +81,15 @@ def create_app(settings: Settings, client: CeleryClient) -> FastAPI:
     app.state.celery_client = client
     app.state.metrics = Metrics(client)
     install_error_handlers(app)
-    api_routers = (tasks.router, workflows.router, periodic.router, dead_letters.router, operations.router)
-    api_routers += (history.router,)  # type: ignore[assignment]  # task history (issue 11)
+    api_routers = (
+        tasks.router,
+        workflows.router,
+        periodic.router,
+        dead_letters.router,
+        operations.router,
+        history.router,
+        limits.router,
+    )
     for router in api_routers:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(operations.probes)

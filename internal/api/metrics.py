@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pkg.celery_task import BrokerUnavailableError, CeleryClient
@@ -46,6 +46,29 @@ class _QueueLengthCollector(Collector):
             up.add_metric([], 0)
         yield up
         yield lengths
+
+
+class _FlowCollector(Collector):
+    """Reads flow-control counts from Redis when Prometheus scrapes: they are kept
+    there by every worker, so each API process shows the same totals."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        throttled = CounterMetricFamily(
+            "tasksys_tasks_throttled", "Task starts that waited for a flow-control permit", labels=["task"]
+        )
+        totals: dict[str, int] = {}
+        try:
+            for task, count in self.metrics.client.throttled_counts().items():
+                label = self.metrics.task_label(task)
+                totals[label] = totals.get(label, 0) + count
+        except BrokerUnavailableError as exc:
+            logger.warning("metrics: flow counts unavailable: %s", exc)
+        for label, count in sorted(totals.items()):
+            throttled.add_metric([label], count)
+        yield throttled
 
 
 class _SubmittedCounter:
@@ -87,6 +110,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.registry.register(_QueueLengthCollector(client))
+        self.registry.register(_FlowCollector(self))
 
     def count_submitted(self, *, task: str, queue: str) -> None:
         """Count one task accepted for sending (the services' ``SubmitCounter``)."""

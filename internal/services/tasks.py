@@ -96,6 +96,7 @@ def _options(body: TaskSubmit) -> dict[str, Any]:
         "countdown": body.countdown,
         "eta": body.eta,
         "expires": body.expires,
+        "flow_key": body.flow_key,
     }
 
 

@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: The options :class:`TaskRequest` has fields for (the rest go in its ``options``).
+_REQUEST_FIELDS = ("queue", "priority", "countdown", "eta", "expires")
+
+
 @dataclass(frozen=True, slots=True)
 class _Parts:
     """What the façade delegates to; out of reach once the client is closed."""
@@ -261,7 +265,8 @@ class CeleryClient:
     ) -> tuple[str, dict[str, Any]]:
         """Send a task and wait up to ``timeout`` s for it, listening for its result
         before it is sent; its id and stored metadata (whatever the state then)."""
-        request = TaskRequest(task_name, args or (), kwargs or {}, task_id, **options)
+        fields = {name: options.pop(name) for name in _REQUEST_FIELDS if name in options}
+        request = TaskRequest(task_name, args or (), kwargs or {}, task_id, **fields, options=options)
         return await self._parts.aio.submit_and_wait(request, timeout, claim=task_id is not None)
 
     async def get_task_metas_async(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -431,6 +436,10 @@ class CeleryClient:
         "600/m", "5/h"), ``concurrency_limit``, ``concurrency_limit_per_key``."""
         self.load_tasks()
         return self._parts.flow.set(task_name, limits).as_dict()
+
+    def throttled_counts(self) -> dict[str, int]:
+        """Per task, how many starts had to wait for a flow permit (each waiting task once)."""
+        return self._parts.flow.throttled_counts()
 
     def reset_limits(self, task_name: str) -> dict[str, Any]:
         """Drop a task's runtime limits: the ones its code declares apply again."""

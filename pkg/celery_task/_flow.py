@@ -258,7 +258,9 @@ class FlowLimitStore:
 
     def throttled_counts(self) -> dict[str, int]:
         """Start permits refused per task (each waiting task counted once)."""
-        return {str(k): int(v) for k, v in self._redis.hgetall(self.keys.throttled).items()}
+        with unreachable("could not read the throttled counts", self.app.conf.broker_url):
+            raw = self._redis.hgetall(self.keys.throttled)
+        return {_str(k): int(v) for k, v in raw.items()}
 
 
 def overrides_from(raw: Mapping[Any, Any]) -> dict[str, Limits]:
