@@ -29,3 +29,18 @@ def noop() -> None:
 def stamp(key: str) -> None:
     """Record when this run started (beat lateness)."""
     bench_redis().rpush(key, repr(time.time()))
+
+
+@celery_client.app.task(name="bench.noop_rated", public=True, global_rate_limit="100000/s")
+def noop_rated() -> None:
+    """The no-op under a global rate limit it never reaches (one permit script per start)."""
+    bench_redis().incr("bench:done")
+
+
+@celery_client.app.task(
+    name="bench.noop_slotted", public=True, global_rate_limit="100000/s", concurrency_limit=100000
+)
+def noop_slotted() -> None:
+    """The no-op under a rate and a concurrency limit it never reaches (a permit, then
+    a slot lease released at the acknowledgement)."""
+    bench_redis().incr("bench:done")
