@@ -189,3 +189,18 @@ def test_a_redis_that_does_not_answer_holds_limited_tasks(flow_client: CeleryCli
         assert gate.admit(_request("gate.free", 1)) is True, "unlimited tasks go on"
     finally:
         client.close()
+
+
+def test_past_max_held_the_consumer_fetches_no_more(gate: FlowGate, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pkg.celery_task.worker import flow
+
+    monkeypatch.setattr(flow, "MAX_HELD", 2)
+    consumer: Any = gate.consumer
+    requests = [_request("gate.slots", n, "same") for n in range(5)]
+    assert [gate.admit(r) for r in requests] == [True, False, False, False, False]
+    assert consumer.qos.extra == 2, "two replaced, the rest keep their prefetch slots"
+    gate.settled(requests[0].message.delivery_tag)
+    assert gate.admit(requests[1]) is True and consumer.qos.extra == 1
+    assert gate.admit(requests[4]) is False
+    gate.settled(requests[1].message.delivery_tag)
+    assert gate.admit(requests[4]) is True and consumer.qos.extra == 1, "an unreplaced one gives back nothing"

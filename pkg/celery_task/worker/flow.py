@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -87,13 +88,20 @@ SLOT_POLL_FIRST, SLOT_POLL_MAX = 0.05, 1.0
 REDIS_RETRY = 1.0
 
 
+#: Held tasks for which the consumer fetches a replacement message; past this many, the
+#: held ones keep their prefetch slots (the worker's memory stays bounded).
+MAX_HELD = 1000
+
+
 class _Waiting:
-    """A held request's bookkeeping: how long its next slot poll waits."""
+    """A held request's bookkeeping: its next slot poll, and whether the consumer
+    fetched a message in its place."""
 
-    __slots__ = ("poll",)
+    __slots__ = ("poll", "replaced")
 
-    def __init__(self) -> None:
+    def __init__(self, replaced: bool) -> None:
         self.poll = SLOT_POLL_FIRST
+        self.replaced = replaced
 
 
 class FlowGate:
@@ -123,8 +131,9 @@ class FlowGate:
         """Hand a request whose wait is over to ``handler`` (the consumer's own)."""
         self._dispatch = handler
 
-    @property
+    @cached_property
     def _redis(self) -> redis.Redis:
+        """The state Redis (looked up once: RedBeat's lookup reads the whole conf)."""
         return clients_for(self.app).state()
 
     @property
@@ -247,8 +256,10 @@ class FlowGate:
         return True
 
     def _start_waiting(self, request: Any) -> _Waiting:
-        waiting = self._waiting[request.id] = _Waiting()
-        self.consumer.qos.increment_eventually()  # fetch one more while this one waits
+        replaced = len(self._waiting) < MAX_HELD
+        waiting = self._waiting[request.id] = _Waiting(replaced)
+        if replaced:
+            self.consumer.qos.increment_eventually()  # fetch one more while this one waits
         if not request.ignore_result:
             try:
                 self.app.backend.store_result(request.id, {"waiting_for": "a start permit"}, THROTTLED)
@@ -258,7 +269,8 @@ class FlowGate:
         return waiting
 
     def _forget(self, task_id: str) -> None:
-        if self._waiting.pop(task_id, None) is not None:
+        waiting = self._waiting.pop(task_id, None)
+        if waiting is not None and waiting.replaced:
             self.consumer.qos.decrement_eventually()
 
     def _hold(self, request: Any, waiting: _Waiting | None, delay: float) -> None:
