@@ -110,6 +110,10 @@ def test_global_rate_limit_holds_across_two_workers(
         client.get_result(task_id, timeout=60)
     starts = sorted(r["start"] for r in _records(key))
     assert len(starts) == 60
+    print(
+        f"global 10/s: most starts in a 1 s window {_max_in_window(starts, 1.0)}, "
+        f"60 in {starts[-1] - began:.2f} s"
+    )
     assert _max_in_window(starts, 1.0) <= 10, starts
     assert 5.0 <= starts[-1] - began <= 12.0, starts[-1] - began
     assert {client.get_status(task_id) for task_id in ids} == {"SUCCESS"}
@@ -128,7 +132,8 @@ def test_each_flow_key_gets_its_own_rate(workers: Workers, client: CeleryClient,
         client.get_result(task_id, timeout=60)
     records = _records(key)
     by_key = {k: [r["start"] for r in records if r["flow_key"] == k] for k in ("tenant-a", "tenant-b")}
-    for starts in by_key.values():
+    for flow_key, starts in by_key.items():
+        print(f"per key 5/s: {flow_key} most starts in a 1 s window {_max_in_window(starts, 1.0)}")
         assert len(starts) == 15
         assert _max_in_window(starts, 1.0) <= 5, starts
     # Together they ran twice as fast as one key alone could.
@@ -142,6 +147,7 @@ def test_concurrency_limit_across_workers(workers: Workers, client: CeleryClient
         client.get_result(task_id, timeout=60)
     records = _records(key)
     assert len(records) == 12
+    print(f"concurrency_limit=3: most running at once {_max_overlap(records)}")
     assert _max_overlap(records) == 3, records
 
 
@@ -158,6 +164,7 @@ def test_one_run_per_key_at_a_time(workers: Workers, client: CeleryClient, uniqu
     for flow_key in ("a", "b"):
         runs = [r for r in records if r["flow_key"] == flow_key]
         assert len(runs) == 5
+        print(f"concurrency_limit_per_key=1: key {flow_key} most running at once {_max_overlap(runs)}")
         assert _max_overlap(runs) == 1, runs
     assert _max_overlap(records) == 2, "the two keys ran side by side"
 
@@ -199,6 +206,32 @@ def test_a_killed_worker_frees_its_slot_within_the_visibility_timeout(
         follower = client.submit("flow.one_per_key", [key, 0, "solo"], queue=workers.queue, flow_key="solo")
         client.get_result(follower.id, timeout=VISIBILITY_TIMEOUT + 15)
         started = [r["start"] for r in _records(key)]
+        print(
+            f"slot of a killed worker free after {started[0] - killed_at:.2f} s "
+            f"(visibility {VISIBILITY_TIMEOUT} s)"
+        )
         assert len(started) == 1 and started[0] - killed_at <= VISIBILITY_TIMEOUT + 3, started
     finally:
         victim.stop()
+
+
+def test_concurrency_limit_holds_on_the_asyncio_pool(
+    workers: Workers, client: CeleryClient, unique: str
+) -> None:
+    from pkg.celery_task.worker.pool import POOL_PATH
+
+    key = f"aio-limited-{unique}"
+    queue = f"{workers.queue}-aio"
+    argv = worker_argv(queues=[queue], hostname=f"flow-aio-{unique}@%h", concurrency=20, pool="custom")
+    env = {**workers.env, "CELERY_CUSTOM_WORKER_POOL": POOL_PATH}
+    proc = ManagedProcess(f"flow-aio-{unique}", argv, env, workers.logs).start()
+    try:
+        proc.wait_for_log(r"\bready\.", timeout=60)
+        ids = [client.submit("flow.limited", [key, 0.3], queue=queue).id for _ in range(9)]
+        for task_id in ids:
+            client.get_result(task_id, timeout=60)
+        records = _records(key)
+        assert len(records) == 9
+        assert _max_overlap(records) == 3, records
+    finally:
+        proc.stop()
