@@ -4,7 +4,7 @@
   tasks under a global rate limit they never reach, and under a rate plus a concurrency
   limit, vs the same no-op without limits (target >= 0.9x each).
 - Submitting with a ``flow_key`` vs a plain submit (context: a flow key is a message
-  header, so these submits take ``send_task`` instead of the pipelined fast path).
+  header, so each message is built by Celery's code instead of a cached template).
 
 Tasks are queued first, then the worker starts; rates as in ``bench_worker``.
 Run: ``.venv/bin/python -m bench.bench_flow``

@@ -54,7 +54,7 @@ class PreparedTask:
 
 #: Options the fast path passes through; anything else (links, chords, custom
 #: exchanges, time limits, ...) goes through Celery's ``send_task`` unchanged.
-FAST_OPTIONS = frozenset({"queue", "priority", "countdown", "eta", "expires", "task_id"})
+FAST_OPTIONS = frozenset({"queue", "priority", "countdown", "eta", "expires", "task_id", "headers"})
 
 #: ``send_task``'s marker for "not given": an explicit ``expires=None`` clears a task's
 #: default expiry, an omitted one keeps it (likewise the time limits).

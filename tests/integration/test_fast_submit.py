@@ -383,3 +383,26 @@ def test_async_eta_uses_client_timezone_for_naive_times(client: CeleryClient, re
     asyncio.run(send())
     (message,) = drain(redis_db)
     assert message["headers"]["eta"].endswith("+08:00")
+
+
+def test_a_flow_key_header_takes_the_fast_path_and_equals_send_task(
+    client: CeleryClient, redis_db: RedisDb, unique: str
+) -> None:
+    from pkg.celery_task._flow import FLOW_KEY_HEADER
+
+    task_id = f"keyed-{unique}"
+    client.app.send_task("math.number_sum", [1, 2], task_id=task_id, headers={FLOW_KEY_HEADER: "tenant-7"})
+    (reference,) = drain(redis_db)
+    assert reference["headers"][FLOW_KEY_HEADER] == "tenant-7"
+    request = TaskRequest("math.number_sum", [1, 2], options={"flow_key": "tenant-7"})
+    assert client._parts.publisher.fast_path_ok([client._parts.validator.validated(request)])
+    redis_db.client.delete(f"tasksys:task_id:{task_id}")
+    assert client.submit("math.number_sum", [1, 2], task_id=task_id, flow_key="tenant-7").id == task_id
+    redis_db.client.delete(f"tasksys:task_id:{task_id}")
+    (bulk_id,) = client.submit_many(
+        [TaskRequest("math.number_sum", [1, 2], task_id=task_id, options={"flow_key": "tenant-7"})]
+    )
+    assert bulk_id == task_id
+    for message in drain(redis_db):
+        assert message["_key"] == reference["_key"]
+        same(message, reference)
