@@ -187,9 +187,12 @@ def test_revokes_survive_worker_restarts(redis_db: RedisDb, session_tmp: Path, u
     client = client_for(redis_db.url)
     env = _env(redis_db, session_tmp)
     logs = session_tmp / "revoke"
-    held = client.submit("tests.work", [10, key], queue=queue, countdown=6).id
     queued = client.submit("tests.work", [10, key], queue=f"{queue}-later").id  # no worker consumes it yet
     worker = start_worker(f"revoke-a-{unique}", env, logs, queues=[queue], concurrency=1)
+    # Sent once the worker is up, with an ETA far enough ahead that a slow machine still
+    # revokes it before it is due.
+    held = client.submit("tests.work", [10, key], queue=queue, countdown=15).id
+    due = time.time() + 15
     try:
         wait_for(
             lambda: client.app.control.inspect(timeout=1).scheduled(), timeout=20, what="the ETA task held"
@@ -203,7 +206,7 @@ def test_revokes_survive_worker_restarts(redis_db: RedisDb, session_tmp: Path, u
             f"revoke-{name}-{unique}", env, logs, queues=[queue, f"{queue}-later"], concurrency=1
         )
         try:
-            time.sleep(8)  # past the ETA
+            time.sleep(max(3.0, due + 2 - time.time()))  # past the ETA
         finally:
             worker.stop()
     runs = [r.decode() for r in redis_db.client.lrange(key, 0, -1)]
