@@ -588,3 +588,19 @@ def base_pool_info(pool: Any) -> dict[str, Any]:
     from celery.concurrency.base import BasePool
 
     return dict(BasePool._get_info(pool))
+
+
+# == Async task requests ===============================================================
+#
+# - Celery keeps the running task's request on a thread-local stack and exposes it as the
+#   property ``Task.request`` built on the private ``Task._get_request``. An ``async def``
+#   body runs on the process loop's thread, among other bodies, so ``BaseTask`` overrides
+#   that method to return the request its coroutine carries, else Celery's own
+#   (:func:`thread_request`).
+
+
+def thread_request(task: Any) -> Any:
+    """The request Celery's ``Task.request`` returns for ``task`` in this thread."""
+    from celery import Task
+
+    return Task._get_request(task)
