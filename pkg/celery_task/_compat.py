@@ -617,3 +617,19 @@ def gate_process_task(
 
     controller._process_task = gated
     return gated if on_task_request == inner else on_task_request
+
+
+# == Async task requests ===============================================================
+#
+# - Celery keeps the running task's request on a thread-local stack and exposes it as the
+#   property ``Task.request`` built on the private ``Task._get_request``. An ``async def``
+#   body runs on the process loop's thread, among other bodies, so ``BaseTask`` overrides
+#   that method to return the request its coroutine carries, else Celery's own
+#   (:func:`thread_request`).
+
+
+def thread_request(task: Any) -> Any:
+    """The request Celery's ``Task.request`` returns for ``task`` in this thread."""
+    from celery import Task
+
+    return Task._get_request(task)

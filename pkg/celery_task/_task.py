@@ -3,6 +3,7 @@ reporting, ``async def`` bodies run on the process's event loop."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -16,6 +17,7 @@ import redis.exceptions
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from ._compat import thread_request
 from ._flow import Limits
 from ._loop import run_task_coroutine
 
@@ -36,6 +38,13 @@ class PermanentError(Exception):
 
 #: Marks a ``run`` that :func:`_finishing_awaitables` made, so it is wrapped only once.
 _FINISHES_AWAITABLES = "__tasksys_finishes_awaitables__"
+
+#: The (task name, request) of the ``async def`` body running in this asyncio task.
+#: Celery keeps a task's request per thread; an async body runs on the loop's thread,
+#: where many bodies interleave, so each coroutine carries its own in its context.
+_ASYNC_REQUEST: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+    "tasksys_async_request", default=None
+)
 
 
 class BaseTask(celery.Task):  # type: ignore[misc]
@@ -89,6 +98,16 @@ class BaseTask(celery.Task):  # type: ignore[misc]
                 raise TypeError(f"task {cls.__name__}: give retry_countdown or retry_backoff, not both")
             cls.retry_backoff = False
             cls.default_retry_delay = own["retry_countdown"]
+
+    def _get_request(self) -> Any:
+        """Celery's request of the running task; inside an ``async def`` body, the
+        request of that body's own run (also when many run at once on one loop)."""
+        bound = _ASYNC_REQUEST.get()
+        if bound is not None and bound[0] == self.name:
+            return bound[1]
+        return thread_request(self)
+
+    request = property(_get_request)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The worker's tracer has already pushed this request's context; not calling
@@ -169,12 +188,16 @@ def _finishing_awaitables(run: Any) -> Any:
     def finishing(*args: Any, **kwargs: Any) -> Any:
         result = body(*args, **kwargs)
         if inspect.isawaitable(result):
-            return run_task_coroutine(_await(result))
+            task = celery.current_task  # a proxy: false when no task is running here
+            bound = (task.name, task.request) if task else None
+            return run_task_coroutine(_await(result, bound))
         return result
 
     setattr(finishing, _FINISHES_AWAITABLES, True)
     return finishing
 
 
-async def _await(awaitable: Any) -> Any:
+async def _await(awaitable: Any, bound: tuple[str, Any] | None) -> Any:
+    if bound is not None:
+        _ASYNC_REQUEST.set(bound)  # this coroutine's context only
     return await awaitable

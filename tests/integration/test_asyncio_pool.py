@@ -78,6 +78,34 @@ def test_600_awaiting_tasks_overlap_on_one_worker(aio: AioWorker, client: Celery
     assert elapsed < 30, elapsed
 
 
+def _check_own_requests(client: CeleryClient, queue: str) -> None:
+    ids = [client.submit("aio.whoami", [0.5], queue=queue).id for _ in range(20)]
+    for task_id in ids:
+        assert client.get_result(task_id, timeout=60) == {"before": task_id, "after": task_id, "retries": 0}
+
+
+def test_async_bodies_see_their_own_request_while_many_interleave(
+    aio: AioWorker, client: CeleryClient
+) -> None:
+    _check_own_requests(client, aio.queue)
+
+
+def test_async_bodies_see_their_own_request_on_prefork(
+    stack: Stack, client: CeleryClient, session_tmp: Path, unique: str
+) -> None:
+    queue = f"aio-prefork-{unique}"
+    proc = start_worker(
+        f"aio-prefork-{unique}", _env(stack), session_tmp / "aio", queues=[queue], concurrency=2
+    )
+    try:
+        _check_own_requests(client, queue)
+        progress = client.submit("aio.whoami", [3.0], queue=queue)
+        wait_for(lambda: client.get_status(progress.id) == "PROGRESS", timeout=20, what="a progress report")
+        assert client.get_result(progress.id, timeout=30)["after"] == progress.id
+    finally:
+        proc.stop()
+
+
 def test_sync_task_runs_in_an_executor_thread(aio: AioWorker, client: CeleryClient) -> None:
     name = client.get_result(client.submit("aio.sync_where", queue=aio.queue).id, timeout=30)
     assert name.startswith("tasksys-aio")

@@ -63,3 +63,13 @@ async def block(seconds: float) -> str:
     """Block the loop with a sync sleep (what the watchdog reports)."""
     time.sleep(seconds)
     return "blocked"
+
+
+@app.task(name="aio.whoami", bind=True, public=True)
+async def whoami(self: Any, seconds: float) -> dict[str, Any]:
+    """Its own request, read before and after an await while others interleave, and a
+    progress report from the coroutine."""
+    before = self.request.id
+    self.report_progress(1, 2, "halfway")
+    await asyncio.sleep(seconds)
+    return {"before": before, "after": self.request.id, "retries": self.request.retries}
