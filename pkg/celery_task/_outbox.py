@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -199,15 +200,11 @@ class Outbox:
 
     # -- after the commit ------------------------------------------------------------
 
-    def send(self, request: TaskRequest) -> bool:
-        """Claim the request's id and publish it: True if sent, False if the id was
-        already claimed (so it was sent before). Broker errors propagate."""
-        try:
-            with self.publisher.claims.held([request]):
-                self.publisher.publish(request)
-        except TaskIdInUseError:
-            return False
-        return True
+    def send(self, request: TaskRequest) -> None:
+        """Claim the request's id and publish it. :class:`TaskIdInUseError` if the id is
+        known (sent before, or a caller's id already used); broker errors propagate."""
+        with self.publisher.claims.held([request]):
+            self.publisher.publish(request)
 
     def publish_committed(self, requests: Sequence[TaskRequest]) -> None:
         """Publish committed rows; never raises (the caller's commit has happened): a
@@ -215,8 +212,9 @@ class Outbox:
         for index, request in enumerate(requests):
             task_id = request.options["task_id"]
             try:
-                if not self.send(request):
-                    logger.info("outbox: task %s was already sent; the relay trims its row", task_id)
+                self.send(request)
+            except TaskIdInUseError as exc:
+                logger.info("outbox: not sent after commit, %s (the relay deletes its row)", exc)
             except BrokerUnavailableError as exc:
                 logger.warning(
                     "outbox: task %s and %d more not sent after commit, left for the relay: %s",
@@ -255,43 +253,53 @@ class Outbox:
     def _trim(ids: Sequence[str]) -> Any:
         return delete(OUTBOX_TABLE).where(OUTBOX_TABLE.c.task_id.in_(list(ids)))
 
-    def relay(self, engine: Engine, *, grace: float = 2.0, limit: int = 500) -> dict[str, int]:
-        """One relay pass on a sync engine: publish rows older than ``grace`` s that were
-        not sent, delete the sent ones; counts ``sent``, ``already_sent``, ``left``
-        (``skipped`` 1 when another pass held the lock)."""
+    def relay(
+        self, engine: Engine, *, grace: float = 2.0, limit: int = 500, budget: float = 10.0
+    ) -> dict[str, int]:
+        """Relay on a sync engine: publish rows older than ``grace`` s that were not sent
+        and delete the sent ones, ``limit`` rows per batch, batches until none is full
+        or ``budget`` s passed; counts ``sent``, ``already_sent``, ``left``, ``skipped``."""
         query = self._due(grace, limit)
-        with engine.connect() as conn:
-            rows = list(conn.execute(query))
-        return self._relay_rows(rows, lambda ids: _trim_sync(engine, self._trim(ids)))
+        totals = _totals()
+        deadline = time.monotonic() + budget
+        while True:
+            with engine.connect() as conn:
+                rows = list(conn.execute(query))
+            progress = _Progress(done=[])
+            try:
+                report = self._relay_redis(rows, progress)
+            finally:
+                if progress.done:
+                    with engine.begin() as conn:
+                        conn.execute(self._trim(progress.done))
+            if _add(totals, report, rows, limit) or time.monotonic() > deadline:
+                return totals
 
     async def relay_async(
-        self, engine: AsyncEngine, *, grace: float = 2.0, limit: int = 500
+        self, engine: AsyncEngine, *, grace: float = 2.0, limit: int = 500, budget: float = 10.0
     ) -> dict[str, int]:
         """:meth:`relay` on an async engine; Redis work runs in a thread."""
         query = self._due(grace, limit)
-        async with engine.connect() as conn:
-            rows = list(await conn.execute(query))
-        progress = _Progress(done=[])
-        try:
-            return await asyncio.to_thread(self._relay_redis, rows, progress)
-        finally:
-            if progress.done:
-                async with engine.begin() as conn:
-                    await conn.execute(self._trim(progress.done))
-
-    def _relay_rows(self, rows: list[Row[Any]], trim: Callable[[list[str]], None]) -> dict[str, int]:
-        progress = _Progress(done=[])
-        try:
-            return self._relay_redis(rows, progress)
-        finally:
-            if progress.done:
-                trim(progress.done)
+        totals = _totals()
+        deadline = time.monotonic() + budget
+        while True:
+            async with engine.connect() as conn:
+                rows = list(await conn.execute(query))
+            progress = _Progress(done=[])
+            try:
+                report = await asyncio.to_thread(self._relay_redis, rows, progress)
+            finally:
+                if progress.done:
+                    async with engine.begin() as conn:
+                        await conn.execute(self._trim(progress.done))
+            if _add(totals, report, rows, limit) or time.monotonic() > deadline:
+                return totals
 
     def _relay_redis(self, rows: list[Row[Any]], progress: _Progress) -> dict[str, int]:
         """Under the relay lock: which rows' ids are claimed (sent), then claim and send
         the others. ``progress`` keeps what was done if the broker fails midway."""
         if not rows:
-            return {"sent": 0, "already_sent": 0, "left": 0, "skipped": 0}
+            return _totals()
         claims = self.publisher.claims
         state = claims.redis.state()
         url = str(self.publisher.app.conf.broker_url)
@@ -306,14 +314,16 @@ class Outbox:
                         pipe.exists(claims.key(row.task_id))
                     claimed = pipe.execute()
                 for row, known in zip(rows, claimed, strict=True):
-                    if not known:
-                        if self.send(request_of(row)):
+                    if known:
+                        progress.known += 1
+                    else:
+                        try:
+                            self.send(request_of(row))
+                        except TaskIdInUseError:
+                            progress.known += 1
+                        else:
                             progress.sent += 1
                             logger.info("outbox relay: sent task %s (%s)", row.task_id, row.task_name)
-                        else:
-                            progress.known += 1
-                    else:
-                        progress.known += 1
                     progress.done.append(row.task_id)
             finally:
                 try:
@@ -323,9 +333,16 @@ class Outbox:
         return {"sent": progress.sent, "already_sent": progress.known, "left": 0, "skipped": 0}
 
 
-def _trim_sync(engine: Engine, statement: Any) -> None:
-    with engine.begin() as conn:
-        conn.execute(statement)
+def _totals() -> dict[str, int]:
+    return {"sent": 0, "already_sent": 0, "left": 0, "skipped": 0}
+
+
+def _add(totals: dict[str, int], report: dict[str, int], rows: Sequence[Any], limit: int) -> bool:
+    """Add one batch's counts; True when the relay is done (the batch was not full, or
+    another relay holds the lock)."""
+    for name, count in report.items():
+        totals[name] = max(totals[name], count) if name == "skipped" else totals[name] + count
+    return len(rows) < limit or bool(report["skipped"])
 
 
 class _SubmitsOnCommit(Protocol):

@@ -271,35 +271,44 @@ def test_relay_trims_sent_rows_and_sends_what_an_outage_left(
             }
             assert queued() == 1 and rows() == []
 
+            # A caller's id that is already known is refused at publish time: not sent.
+            client.submit("tests.record", ("k", 0), task_id="known-id")
+            with caplog.at_level(logging.INFO, logger="pkg.celery_task._outbox"), maker() as session:
+                submit_on_commit(session, "tests.record", ("k", 0), task_id="known-id")
+                session.commit()
+            assert "known-id" in caplog.text and "not sent after commit" in caplog.text
+            assert queued() == 2 and rows() == ["known-id"]
+            assert client.relay_outbox(engine, grace=0)["already_sent"] == 1
+            assert queued() == 2 and rows() == []
+            caplog.clear()
+
             server.stop()
             with caplog.at_level(logging.WARNING, logger="pkg.celery_task._outbox"), maker() as session:
                 waiting = submit_on_commit(session, "tests.record", ("k", 2), countdown=1)
+                more = [submit_on_commit(session, "tests.record", ("k", i)) for i in range(3, 7)]
                 session.commit()  # the broker is down: the commit still succeeds
             assert "left for the relay" in caplog.text
-            assert rows() == [waiting]
+            assert sorted(rows()) == sorted([waiting, *more])
             with pytest.raises(BrokerUnavailableError):
                 client.relay_outbox(engine, grace=0)
-            assert rows() == [waiting]
+            assert len(rows()) == 5
 
             server.start()  # an empty Redis: no claims, no messages
-            assert client.relay_outbox(engine, grace=0) == {
-                "sent": 1,
-                "already_sent": 0,
-                "left": 0,
-                "skipped": 0,
-            }
-            assert rows() == [] and queued() == 1
+            report = client.relay_outbox(engine, grace=0, limit=2)  # three batches in one call
+            assert report == {"sent": 5, "already_sent": 0, "left": 0, "skipped": 0}
+            assert rows() == [] and queued() == 5
             broker = redis.Redis.from_url(server.url)
-            (raw,) = [m for key in broker.keys("default*") for m in broker.lrange(key, 0, -1)]
-            headers = json.loads(raw)["headers"]
-            assert headers["id"] == waiting and headers["eta"]  # its countdown was kept
+            messages = [json.loads(m) for key in broker.keys("default*") for m in broker.lrange(key, 0, -1)]
+            headers = {m["headers"]["id"]: m["headers"] for m in messages}
+            assert sorted(headers) == sorted([waiting, *more])
+            assert headers[waiting]["eta"] and not headers[more[0]]["eta"]  # its countdown was kept
             assert client.relay_outbox(engine, grace=0) == {
                 "sent": 0,
                 "already_sent": 0,
                 "left": 0,
                 "skipped": 0,
             }
-            assert queued() == 1
+            assert queued() == 5
         finally:
             engine.dispose()
             client.close()
