@@ -106,6 +106,7 @@ class _Pending:
     request: TaskRequest
     outbox: Outbox
     in_loop: bool
+    added_at: datetime
 
 
 @dataclass(slots=True)
@@ -132,9 +133,25 @@ def _listen(session: Session) -> None:
     """Attach the commit and rollback listeners once per session."""
     if session.info.get(_LISTENING):
         return
+    event.listen(session, "before_commit", _before_commit)
     event.listen(session, "after_commit", _after_commit)
     event.listen(session, "after_transaction_end", _after_transaction_end)
     session.info[_LISTENING] = True
+
+
+#: A row whose transaction commits later than this after ``submit_on_commit`` gets the
+#: commit time as ``created_at`` (one UPDATE if it was flushed already), so the relay's
+#: grace counts from the commit and the relay does not race the publish after it.
+_RESTAMP_AFTER = timedelta(seconds=0.5)
+
+
+def _before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    now = _utcnow()
+    for item in session.info.get(_PENDING, []):
+        if now - item.added_at > _RESTAMP_AFTER:
+            item.row.created_at = now
 
 
 def _after_commit(session: Session) -> None:
@@ -195,7 +212,9 @@ class Outbox:
         )
         _listen(sync_session)
         sync_session.add(row)
-        sync_session.info.setdefault(_PENDING, []).append(_Pending(row, stored, self, in_loop))
+        sync_session.info.setdefault(_PENDING, []).append(
+            _Pending(row, stored, self, in_loop, row.created_at)
+        )
         return task_id
 
     # -- after the commit ------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Submit on commit without a broker: what ``submit_on_commit`` stores in the session
 (the validated request, kombu JSON so datetimes survive) and where the table lives.
-Nothing here commits, so nothing is published."""
+Nothing is published: the client points at a port nothing listens on."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from pkg.celery_task import OUTBOX_TABLE, CeleryClient, InvalidArgumentsError
@@ -62,3 +65,27 @@ def test_the_application_metadata_includes_the_outbox() -> None:
 
     table = Base.metadata.tables["task_outbox"]
     assert [c.name for c in table.columns] == [c.name for c in OUTBOX_TABLE.columns]
+
+
+def test_a_long_transaction_stamps_its_row_with_the_commit_time(
+    client: CeleryClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/outbox.db")
+    OUTBOX_TABLE.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            quick = client.submit_on_commit(session, "t")
+            session.commit()  # nothing answers on port 1: logged, the row stays
+            slow = client.submit_on_commit(session, "t")
+            session.flush()
+            flushed_at = session.get(OutboxRow, slow).created_at  # type: ignore[union-attr]
+            time.sleep(0.7)
+            session.commit()
+        with engine.connect() as conn:
+            stamps = dict(conn.execute(select(OUTBOX_TABLE.c.task_id, OUTBOX_TABLE.c.created_at)).all())
+    finally:
+        engine.dispose()
+    assert "left for the relay" in caplog.text
+    assert set(stamps) == {quick, slow}
+    # The relay's grace counts from the commit, not from submit_on_commit.
+    assert stamps[slow] - flushed_at >= timedelta(seconds=0.7)
