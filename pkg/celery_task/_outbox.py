@@ -182,7 +182,7 @@ class Outbox:
     """Outbox rows for one client: added in a caller's transaction, published after
     its commit, relayed when that publish did not happen."""
 
-    #: Seconds a relay pass may hold its lock (a pass publishes at most ``limit`` rows).
+    #: Seconds one relay batch may hold its lock (a batch is at most ``limit`` rows).
     lock_timeout = 30.0
 
     def __init__(self, validator: Validator, publisher: Publisher) -> None:

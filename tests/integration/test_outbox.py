@@ -1,7 +1,7 @@
 """Submit on commit (issue 12, point 4): an outbox row in the caller's transaction, the
 publish after the commit, and the relay (beat every 2 s, run by a real worker) for rows
-a crash or a broker outage left behind. Real Redis, real SQLite and MariaDB files,
-real worker and beat processes; task runs are counted by ``tests.record``."""
+a crash or a broker outage left behind. Real Redis, a SQLite file and a MariaDB
+database, real worker and beat processes; task runs are counted by ``tests.record``."""
 
 from __future__ import annotations
 
