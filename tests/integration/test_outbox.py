@@ -294,10 +294,14 @@ def test_relay_trims_sent_rows_and_sends_what_an_outage_left(
             assert len(rows()) == 5
 
             server.start()  # an empty Redis: no claims, no messages
+            broker = redis.Redis.from_url(server.url)
+            broker.set("tasksys:outbox:relay", "another relay", px=30_000)
+            busy = client.relay_outbox(engine, grace=0)  # one batch at a time
+            assert busy == {"sent": 0, "already_sent": 0, "left": 5, "skipped": 1} and len(rows()) == 5
+            broker.delete("tasksys:outbox:relay")
             report = client.relay_outbox(engine, grace=0, limit=2)  # three batches in one call
             assert report == {"sent": 5, "already_sent": 0, "left": 0, "skipped": 0}
             assert rows() == [] and queued() == 5
-            broker = redis.Redis.from_url(server.url)
             messages = [json.loads(m) for key in broker.keys("default*") for m in broker.lrange(key, 0, -1)]
             headers = {m["headers"]["id"]: m["headers"] for m in messages}
             assert sorted(headers) == sorted([waiting, *more])
