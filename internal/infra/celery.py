@@ -38,7 +38,7 @@ CELERY_INCLUDE_MODULES: list[str] = [
 #: Scheduled tasks go to ``cron_queue``; video transcoding to ``video_queue`` at the
 #: highest priority (the seed's 10 is clamped to 9, the top of the 0-9 scale).
 CELERY_TASK_ROUTES: dict[str, dict[str, Any]] = {
-    # The outbox relay runs on the default queue, which every worker consumes, ahead of
+    # The outbox relay runs on the default queue (no queue named), at priority 9 ahead of
     # other work there (an exact name wins over the pattern below).
     "internal.aps_tasks.relay_task_outbox": {"priority": 9},
     "internal.aps_tasks.*": {"queue": "cron_queue"},
