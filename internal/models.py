@@ -8,6 +8,8 @@ from sqlalchemy import DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from pkg.celery_task import OUTBOX_TABLE
+
 __all__ = ["Base", "QueueLengthSample", "TaskHistory", "TaskTransition"]
 
 
@@ -89,3 +91,8 @@ class TaskTransition(Base):
     at: Mapped[datetime] = mapped_column(_MICROS, nullable=False)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# --- Submit on commit (issue 12): the outbox table, defined in pkg.celery_task ---
+
+OUTBOX_TABLE.to_metadata(Base.metadata)

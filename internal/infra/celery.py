@@ -38,6 +38,9 @@ CELERY_INCLUDE_MODULES: list[str] = [
 #: Scheduled tasks go to ``cron_queue``; video transcoding to ``video_queue`` at the
 #: highest priority (the seed's 10 is clamped to 9, the top of the 0-9 scale).
 CELERY_TASK_ROUTES: dict[str, dict[str, Any]] = {
+    # The outbox relay runs on the default queue (no queue named), at priority 9 ahead of
+    # other work there (an exact name wins over the pattern below).
+    "internal.aps_tasks.relay_task_outbox": {"priority": 9},
     "internal.aps_tasks.*": {"queue": "cron_queue"},
     "internal.business.video.transcode": {"queue": "video_queue", "priority": 10},
 }
@@ -58,6 +61,12 @@ STATIC_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "task_history_retention": {
         "task": "internal.aps_tasks.purge_task_history",
         "schedule": 600.0,
+    },
+    # Submit on commit: publish outbox rows a crash or a broker outage left behind.
+    "task_outbox_relay": {
+        "task": "internal.aps_tasks.relay_task_outbox",
+        "schedule": 2.0,
+        "options": {"expires": 10},
     },
     "task_heartbeat_30s": {
         "task": "math.number_sum",

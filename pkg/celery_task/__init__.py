@@ -19,6 +19,8 @@ Layout (each part declares what it needs in its constructor; none imports the fa
 - ``_redis``: every Redis client the parts use (a caller may pass its own).
 - ``_errors``: the exception tree and the one translation of connection errors.
 - ``_compat``: every private Celery/kombu/billiard/RedBeat name, pinned by tests.
+- ``_outbox``: submit on commit for SQLAlchemy (an outbox row in the caller's
+  transaction, published after the commit, and the relay for rows left behind).
 - ``_task`` (the task base class), ``_loop`` (the per-process event loop), and
   ``worker/``: what runs only in ``celery worker`` (see its docstring).
 """
@@ -53,6 +55,7 @@ from ._limits import (
     escape_control,
 )
 from ._loop import EventLoopThread, process_loop, run_coroutine
+from ._outbox import OUTBOX_CLIENT_KEY, OUTBOX_METADATA, OUTBOX_TABLE, submit_on_commit
 from ._request import TaskRequest
 from ._schedules import SCHEDULE_TYPES, describe_interval, describe_schedule, parse_schedule
 from ._task import BaseTask, PermanentError, TransientError
@@ -68,6 +71,9 @@ __all__ = [
     "MAX_PRIORITY",
     "MIN_INTERVAL",
     "MIN_PRIORITY",
+    "OUTBOX_CLIENT_KEY",
+    "OUTBOX_METADATA",
+    "OUTBOX_TABLE",
     "SCHEDULE_TYPES",
     "STOCK_PRIORITY_STEPS",
     "TASK_STATES",
@@ -103,4 +109,5 @@ __all__ = [
     "public_state",
     "process_loop",
     "run_coroutine",
+    "submit_on_commit",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -28,6 +29,7 @@ from ._flow import FlowLimitStore
 from ._limits import MAX_PRIORITY, MIN_PRIORITY
 from ._operations import Operations
 from ._options import Options, configure
+from ._outbox import Outbox
 from ._periodic import PeriodicStore
 from ._publish import Publisher
 from ._redis import clients_for
@@ -36,6 +38,11 @@ from ._results import TASK_STATES, Results, public_state
 from ._taskids import TaskIdClaims
 from ._validation import Validator, check_json_arguments, check_page
 from .worker import install
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+    from sqlalchemy.orm import Session
 
 __all__ = [
     "MAX_PRIORITY",
@@ -281,6 +288,48 @@ class CeleryClient:
         """Wait up to ``timeout`` s for the task to finish without blocking the loop;
         its stored metadata (whatever the state is when the time is up)."""
         return await self._parts.aio.wait(task_id, timeout)
+
+    # -- submit on commit (outbox) ---------------------------------------------------
+
+    @cached_property
+    def _outbox(self) -> Outbox:
+        return Outbox(self._parts.validator, self._parts.publisher)
+
+    def submit_on_commit(
+        self,
+        session: Session | AsyncSession,
+        task_name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        **options: Any,
+    ) -> str:
+        """Validate as :meth:`submit` does and store the task as an outbox row in
+        ``session``'s transaction: sent after the commit, never on rollback; the id."""
+        request = TaskRequest(
+            task_name, args or (), kwargs or {}, task_id, queue, priority, countdown, eta, expires, options
+        )
+        self._require_open()
+        return self._outbox.add(session, request)
+
+    def relay_outbox(self, engine: Engine, *, grace: float = 2.0, limit: int = 500) -> dict[str, int]:
+        """Publish outbox rows older than ``grace`` s whose publish did not happen and
+        delete the sent ones (one pass); counts ``sent``, ``already_sent``, ``left``."""
+        self._require_open()
+        return self._outbox.relay(engine, grace=grace, limit=limit)
+
+    async def relay_outbox_async(
+        self, engine: AsyncEngine, *, grace: float = 2.0, limit: int = 500
+    ) -> dict[str, int]:
+        """:meth:`relay_outbox` on an async engine (Redis work in a thread)."""
+        self._require_open()
+        return await self._outbox.relay_async(engine, grace=grace, limit=limit)
 
     # -- workflows -------------------------------------------------------------------
 

@@ -83,3 +83,13 @@ def test_errors_form_one_tree() -> None:
 
     assert issubclass(TaskIdInUseError, InvalidRequestError) and issubclass(TaskIdInUseError, ValueError)
     assert issubclass(StoreFullError, BrokerUnavailableError)
+
+
+def test_submit_on_commit_and_its_table_are_exported() -> None:
+    from pkg.celery_task import OUTBOX_CLIENT_KEY, OUTBOX_METADATA, OUTBOX_TABLE, submit_on_commit
+
+    assert {"submit_on_commit", "OUTBOX_TABLE", "OUTBOX_METADATA", "OUTBOX_CLIENT_KEY"} <= set(
+        pkg.celery_task.__all__
+    )
+    assert callable(submit_on_commit) and OUTBOX_CLIENT_KEY == "tasksys_client"
+    assert OUTBOX_TABLE.name == "task_outbox" and OUTBOX_TABLE.metadata is OUTBOX_METADATA

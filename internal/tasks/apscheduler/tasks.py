@@ -4,7 +4,10 @@ sends them to ``cron_queue``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from internal.config.setting import setting
 from internal.infra.celery import celery_client
@@ -12,8 +15,11 @@ from internal.infra.database import get_engine, session_scope
 from internal.infra.redis import get_redis
 from internal.models import QueueLengthSample
 from internal.tasks.base import AppTask
+from pkg.celery_task import BrokerUnavailableError
 
-__all__ = ["LATEST_QUEUE_LENGTHS_KEY", "purge_task_history", "record_queue_lengths"]
+__all__ = ["LATEST_QUEUE_LENGTHS_KEY", "purge_task_history", "record_queue_lengths", "relay_task_outbox"]
+
+logger = logging.getLogger(__name__)
 
 #: Redis hash holding the most recent sample (queue → length) for dashboards.
 LATEST_QUEUE_LENGTHS_KEY = "tasksys:queue_lengths:latest"
@@ -45,3 +51,14 @@ async def purge_task_history() -> int:
     from internal.services.history_recorder import delete_older_than
 
     return await delete_older_than(get_engine(), setting.history.retention_days)
+
+
+@celery_client.app.task(name="internal.aps_tasks.relay_task_outbox", base=AppTask, ignore_result=True)
+async def relay_task_outbox() -> dict[str, int]:
+    """Publish outbox rows whose after-commit publish did not happen and trim the sent
+    ones (beat runs it every 2 s); an outage is logged and the next run tries again."""
+    try:
+        return await celery_client.relay_outbox_async(get_engine())
+    except (BrokerUnavailableError, SQLAlchemyError, OSError) as exc:
+        logger.warning("outbox relay: pass failed, the next one retries: %s", exc)
+        return {}
