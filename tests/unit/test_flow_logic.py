@@ -67,12 +67,12 @@ def test_a_task_declaring_a_bad_limit_fails_at_definition() -> None:
     app = Celery("flow-unit", task_cls="pkg.celery_task._task:BaseTask", set_as_current=False)
     with pytest.raises(TypeError, match="global_rate_limit"):
 
-        @app.task(name="bad.rate", global_rate_limit="ten per second")
+        @app.task(name="bad.rate", global_rate_limit="ten per second", shared=False)
         def bad() -> None: ...
 
         app.tasks["bad.rate"]  # noqa: B018  (tasks are built lazily)
 
-    @app.task(name="good.rate", global_rate_limit="10/s", concurrency_limit=2)
+    @app.task(name="good.rate", global_rate_limit="10/s", concurrency_limit=2, shared=False)
     def good() -> None: ...
 
     assert Limits.of_task(app.tasks["good.rate"]) == Limits(Rate(10, 1.0), None, 2, None)
