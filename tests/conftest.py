@@ -43,6 +43,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_TMP_KEY] = session_tmp
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup``: one per test module (its module
+    fixtures start once), and one for every fault-injection module, which then run one
+    after another in one process while the other process runs the rest."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = "reliability" if module.startswith("tests/reliability/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Give the database number back (emptied)."""
     if _session_db is not None:
