@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pkg.celery_task import BrokerUnavailableError, CeleryClient
@@ -46,6 +46,33 @@ class _QueueLengthCollector(Collector):
             up.add_metric([], 0)
         yield up
         yield lengths
+
+
+class _DeduplicatedCollector(Collector):
+    """Reads the deduplicated-submit counts every process adds to Redis, when
+    Prometheus scrapes; task names outside the public ones are summed as ``other``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tasksys_tasks_deduplicated",
+            "Submits answered with the task already holding their dedupe_key (nothing sent)",
+            labels=["task"],
+        )
+        try:
+            counts = self.metrics.client.deduplicated_counts()
+        except BrokerUnavailableError as exc:
+            logger.warning("metrics: deduplicated counts unavailable: %s", exc)
+            counts = {}
+        totals: dict[str, int] = {}
+        for task, count in counts.items():
+            label = self.metrics.task_label(task)
+            totals[label] = totals.get(label, 0) + count
+        for label, count in sorted(totals.items()):
+            family.add_metric([label], count)
+        yield family
 
 
 class _SubmittedCounter:
@@ -87,6 +114,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.registry.register(_QueueLengthCollector(client))
+        self.registry.register(_DeduplicatedCollector(self))
 
     def count_submitted(self, *, task: str, queue: str) -> None:
         """Count one task accepted for sending (the services' ``SubmitCounter``)."""
