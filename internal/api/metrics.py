@@ -90,8 +90,9 @@ class _SubmittedCounter:
 
 class Metrics:
     """Tasks submitted (by task and queue), request latency (by method, route and
-    status) and queue lengths (read at scrape time). Queue labels are the client's
-    ``known_queues()`` (routes, default, ``CELERY_QUEUES``, ``CELERY_EXTRA_QUEUES``)."""
+    status), queue lengths and deduplicated submits (by task; both read at scrape
+    time). Queue labels are the client's ``known_queues()`` (routes, default,
+    ``CELERY_QUEUES``, ``CELERY_EXTRA_QUEUES``)."""
 
     def __init__(self, client: CeleryClient) -> None:
         self.client = client

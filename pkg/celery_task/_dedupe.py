@@ -37,6 +37,7 @@ from ._errors import InvalidRequestError
 from ._fastpath import FAST_OPTIONS, Command, _request_supported
 from ._limits import check_entry_name, check_seconds
 from ._options import options_of
+from ._redis import is_redis_url
 from ._request import TaskRequest, json_text
 
 __all__ = [
@@ -189,6 +190,12 @@ class Deduplicator:
         self._pid: int | None = None
 
     @property
+    def available(self) -> bool:
+        """The broker is Redis without a global key prefix: the only place keys can live."""
+        transport = self.app.conf.broker_transport_options or {}
+        return is_redis_url(self.url) and not transport.get("global_keyprefix")
+
+    @property
     def prefix(self) -> str:
         """The package's key prefix (``tasksys:`` by default)."""
         return options_of(self.app).key_prefix
@@ -300,8 +307,18 @@ class Deduplicator:
     def release(self, task_id: str, key: str | None = None) -> bool:
         """Free the key ``task_id`` holds (``key`` if the caller knows it, else the one
         its owner key names), unless a newer task holds it; True if one was freed."""
+        if not self.available:
+            return False
         keys, args = release_script_args(self.prefix, task_id, key)
         return bool(self.client().eval(_RELEASE_SCRIPT, len(keys), *keys, *args))
+
+    def close(self) -> None:
+        """Disconnect this process's client (a later call makes a new one)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+            client.connection_pool.disconnect()
 
     def holder(self, key: str) -> str | None:
         """The id of the task holding ``key``, if any."""
@@ -310,6 +327,8 @@ class Deduplicator:
 
     def counts(self) -> dict[str, int]:
         """Deduplicated submits per task name, as every process counted them."""
+        if not self.available:
+            return {}
         raw: Mapping[Any, Any] = self.client().hgetall(self.counts_key)
         return {
             (name.decode(errors="replace") if isinstance(name, bytes) else str(name)): int(value)

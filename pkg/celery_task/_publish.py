@@ -168,3 +168,4 @@ class Publisher:
             channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
+        self.dedupe.close()

@@ -135,3 +135,24 @@ def test_worker_reads_the_key_from_the_request_headers() -> None:
     assert dedupe_key_of(with_key) == "report:42"
     assert dedupe_key_of(Context({"id": "x", "lang": "py"})) is None
     assert dedupe_key_of(None) is None
+
+
+def test_without_a_redis_broker_releases_and_counts_touch_nothing() -> None:
+    from celery import Celery
+
+    from pkg.celery_task._dedupe import Deduplicator
+
+    for broker, options in (
+        ("amqp://guest@127.0.0.1:1//", {}),
+        ("redis://127.0.0.1:1/0", {"global_keyprefix": "x:"}),
+    ):
+        app = Celery("t", broker=broker, set_as_current=False)
+        app.conf.broker_transport_options = options
+        dedupe = Deduplicator(app)
+        assert dedupe.available is False
+        assert dedupe.release("some-id") is False  # no connection attempted (port 1 is closed)
+        assert dedupe.counts() == {}
+        with pytest.raises(InvalidRequestError) as info:
+            dedupe.check_supported(TaskRequest("t"), redis_broker=False)
+        assert info.value.field == "dedupe_key"
+    assert Deduplicator(Celery("t", broker="redis://127.0.0.1:1/0", set_as_current=False)).available

@@ -50,8 +50,9 @@ class DedupeRelease:
         ]
 
     def connect(self) -> None:
-        """Start releasing in this worker (WorkerHooks calls it when the worker starts)."""
-        if self._connected:
+        """Start releasing in this worker (WorkerHooks calls it when the worker starts);
+        a no-op where the broker cannot hold dedupe keys (not Redis)."""
+        if self._connected or not self.dedupe.available:
             return
         for signal, receiver in self._receivers():
             signal.connect(receiver, weak=False)
