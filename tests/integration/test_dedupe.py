@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from pkg.celery_task import BrokerUnavailableError, CeleryClient, InvalidRequest
 from pkg.celery_task.worker import redis_priority_queue_keys
 from tests.conftest import API_TOKEN, Api, Stack
 from tests.support.procs import wait_for
-from tests.support.services import RedisDb, free_port
+from tests.support.services import RedisDb, free_port, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -335,3 +336,29 @@ def test_unreachable_redis_raises_broker_unavailable() -> None:
             down.deduplicated_counts()
     finally:
         down.close()
+
+
+def test_http_dedupe_submit_with_redis_down_is_503_and_metrics_still_answer(
+    stack: Stack, session_tmp: Path
+) -> None:
+    from tests.integration.test_api_outage import start_api
+
+    with private_redis() as server:
+        proc, base = start_api(server.url, stack, session_tmp / "dedupe-outage")
+        http = httpx.Client(base_url=base, timeout=10)
+        body = {"task": "math.number_sum", "args": [1, 2], "dedupe_key": "outage:1"}
+        try:
+            first, again = http.post("/api/v1/tasks", json=body), http.post("/api/v1/tasks", json=body)
+            assert (first.status_code, again.status_code) == (202, 200), (first.text, again.text)
+            assert 'tasksys_tasks_deduplicated_total{task="math.number_sum"} 1.0' in http.get("/metrics").text
+            server.kill()
+            started = time.monotonic()
+            down = http.post("/api/v1/tasks", json={**body, "dedupe_key": "outage:2"})
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "broker_unavailable"
+            assert time.monotonic() - started < 3
+            metrics = http.get("/metrics")
+            assert metrics.status_code == 200 and "tasksys_broker_up 0.0" in metrics.text
+        finally:
+            http.close()
+            proc.stop()
