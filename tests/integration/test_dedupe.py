@@ -362,3 +362,36 @@ def test_http_dedupe_submit_with_redis_down_is_503_and_metrics_still_answer(
         finally:
             http.close()
             proc.stop()
+
+
+@pytest.mark.parametrize("priority", [None, 0, 5, 9])
+def test_message_lands_where_a_plain_submit_lands(
+    client: CeleryClient, session_db: RedisDb, unique: str, priority: int | None
+) -> None:
+    def where(task_id: str) -> list[tuple[str, dict[str, Any]]]:
+        found = []
+        for name in redis_priority_queue_keys(PARKED):
+            for raw in session_db.client.lrange(name, 0, -1):
+                message = json.loads(raw)
+                if message["headers"]["id"] == task_id:
+                    found.append((name, message))
+        return found
+
+    try:
+        plain = client.submit("tests.sleep", [0.1], queue=PARKED, priority=priority)
+        deduped = client.submit(
+            "tests.sleep", [0.1], queue=PARKED, priority=priority, dedupe_key=f"p:{unique}"
+        )
+        [(plain_key, plain_message)] = where(plain.id)
+        [(dedupe_key, dedupe_message)] = where(deduped.id)
+        assert dedupe_key == plain_key
+        assert dedupe_message["headers"].pop("tasksys_dedupe") == f"p:{unique}"
+        for message in (plain_message, dedupe_message):
+            message["properties"].pop("delivery_tag")
+            for name in ("id", "root_id"):
+                message["headers"].pop(name)
+            message["properties"].pop("correlation_id")
+        assert dedupe_message == plain_message
+    finally:
+        client.revoke(deduped.id)
+        drop_parked(session_db, PARKED)
