@@ -395,3 +395,14 @@ def test_message_lands_where_a_plain_submit_lands(
     finally:
         client.revoke(deduped.id)
         drop_parked(session_db, PARKED)
+
+
+def test_worker_releases_the_key_of_a_task_revoked_by_another_tool(
+    client: CeleryClient, stack: Stack, session_db: RedisDb, unique: str
+) -> None:
+    key = f"tool-revoke:{unique}"
+    first = client.submit("tests.sleep", [0.1], countdown=1, dedupe_key=key)
+    client.app.control.revoke(first.id)  # as `celery control revoke` or Flower would: no release here
+    assert holder(session_db, key) == first.id
+    wait_for(lambda: holder(session_db, key) is None, timeout=15, what="the worker to release the key")
+    assert client.get_status(first.id) == "REVOKED"

@@ -156,3 +156,12 @@ def test_without_a_redis_broker_releases_and_counts_touch_nothing() -> None:
             dedupe.check_supported(TaskRequest("t"), redis_broker=False)
         assert info.value.field == "dedupe_key"
     assert Deduplicator(Celery("t", broker="redis://127.0.0.1:1/0", set_as_current=False)).available
+
+
+def test_celery_copies_the_header_into_a_retry() -> None:
+    """A retry is sent with ``Context.as_execution_options()``: the dedupe header must be
+    among its custom headers, or the last attempt's worker could not release the key."""
+    from celery.app.task import Context
+
+    request = Context({"id": "x", "lang": "py", "task": "t", "retries": 1, DEDUPE_HEADER: "report:42"})
+    assert request.as_execution_options()["headers"] == {DEDUPE_HEADER: "report:42"}

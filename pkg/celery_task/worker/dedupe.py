@@ -3,8 +3,8 @@ fails for good or is revoked (expired included), never between retries.
 
 The key travels in the message header ``tasksys_dedupe`` (retries keep it, as Celery
 copies custom headers into the retried message), so tasks sent without one cost no
-Redis call. Failures and revokes announced by the worker's main process carry no task
-context; those look the key up by task id. A Redis error only logs: the key then
+Redis call. A failure the worker's main process announces without the task's context
+(a hard time limit) looks the key up by task id. A Redis error only logs: the key then
 expires with its TTL.
 """
 
@@ -99,5 +99,6 @@ class DedupeRelease:
     def _on_revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         if request is None or not (self._ours(sender) or self._ours(getattr(request, "task", None))):
             return
-        key = dedupe_key_of(request)
-        self._release(getattr(request, "id", None), key)
+        key = dedupe_key_of(request)  # the revoked message's own headers
+        if key is not None:
+            self._release(getattr(request, "id", None), key)
