@@ -406,3 +406,21 @@ def test_worker_releases_the_key_of_a_task_revoked_by_another_tool(
     assert holder(session_db, key) == first.id
     wait_for(lambda: holder(session_db, key) is None, timeout=15, what="the worker to release the key")
     assert client.get_status(first.id) == "REVOKED"
+
+
+def test_dedupe_submit_from_inside_a_task(
+    client: CeleryClient, stack: Stack, session_db: RedisDb, unique: str
+) -> None:
+    key = f"child:{unique}"
+    parent = client.submit("tests.dedupe_children", [key, PARKED])
+    try:
+        (first_id, first_dup), (second_id, second_dup) = client.get_result(parent.id, timeout=30)
+        assert (first_dup, second_dup) == (False, True) and second_id == first_id
+        [message] = parked_messages(session_db, PARKED, key)
+        assert message["headers"]["id"] == first_id
+        assert message["headers"]["parent_id"] == parent.id and message["headers"]["root_id"] == parent.id
+    finally:
+        drop_parked(session_db, PARKED)
+        owner = holder(session_db, key)
+        if owner is not None:
+            client.revoke(owner)
