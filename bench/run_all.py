@@ -11,7 +11,15 @@ from pathlib import Path
 
 from bench._harness import REPO_ROOT, RESULTS_DIR
 
-SCRIPTS = ["bench_submit", "bench_api", "bench_worker", "bench_latency", "bench_beat", "bench_async"]
+SCRIPTS = [
+    "bench_submit",
+    "bench_api",
+    "bench_worker",
+    "bench_latency",
+    "bench_beat",
+    "bench_async",
+    "bench_dedupe",
+]
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
-from pkg.celery_task import ENTRY_NAME_PATTERN, ID_PATTERN, MAX_DELAY
+from pkg.celery_task import ENTRY_NAME_PATTERN, ID_PATTERN, MAX_DEDUPE_TTL, MAX_DELAY
 
 __all__ = [
     "CheckOut",
@@ -31,6 +31,7 @@ __all__ = [
     "TaskInfo",
     "TaskProgress",
     "TaskSubmit",
+    "TaskSubmitted",
     "WorkerInfo",
     "WorkerList",
     "WorkflowAccepted",
@@ -87,6 +88,20 @@ class TaskSubmit(_Request):
     flow_key: EntryName | None = Field(
         None, description="the key per-key rate and concurrency limits count this task under (a tenant id)"
     )
+    dedupe_key: EntryName | None = Field(
+        None,
+        description=(
+            "while a task sent with this key is queued or running, answer 200 with that task "
+            "and send nothing (letters, digits, _ . : - * / , + and inner spaces; at most 200)"
+        ),
+    )
+    dedupe_ttl: float | None = Field(
+        None,
+        ge=1,
+        le=MAX_DEDUPE_TTL,
+        allow_inf_nan=False,
+        description="seconds the dedupe_key is held at most (1 s to 30 days; default 3600)",
+    )
 
 
 class TaskAccepted(BaseModel):
@@ -94,6 +109,13 @@ class TaskAccepted(BaseModel):
 
     task_id: str
     status: str
+
+
+class TaskSubmitted(TaskAccepted):
+    """``POST /tasks``: ``202`` with a new task, or ``200`` with the task already holding
+    the ``dedupe_key`` (``deduplicated``: nothing was sent)."""
+
+    deduplicated: bool = False
 
 
 class TaskError(BaseModel):

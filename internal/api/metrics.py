@@ -10,7 +10,7 @@ queues) or ``other``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -48,27 +48,33 @@ class _QueueLengthCollector(Collector):
         yield lengths
 
 
-class _FlowCollector(Collector):
-    """Reads flow-control counts from Redis when Prometheus scrapes: they are kept
-    there by every worker, so each API process shows the same totals."""
+class _TaskCountCollector(Collector):
+    """Per-task counts every process adds to Redis (throttled starts, deduplicated
+    submits), read when Prometheus scrapes, so each API process shows the same totals;
+    task names outside the public ones are summed as ``other``."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self, metrics: Metrics, name: str, documentation: str, read: Callable[[], dict[str, int]]
+    ) -> None:
         self.metrics = metrics
+        self.name = name
+        self.documentation = documentation
+        self.read = read
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        throttled = CounterMetricFamily(
-            "tasksys_tasks_throttled", "Task starts that waited for a flow-control permit", labels=["task"]
-        )
-        totals: dict[str, int] = {}
+        family = CounterMetricFamily(self.name, self.documentation, labels=["task"])
         try:
-            for task, count in self.metrics.client.throttled_counts().items():
-                label = self.metrics.task_label(task)
-                totals[label] = totals.get(label, 0) + count
+            counts = self.read()
         except BrokerUnavailableError as exc:
-            logger.warning("metrics: flow counts unavailable: %s", exc)
+            logger.warning("metrics: %s unavailable: %s", self.name, exc)
+            counts = {}
+        totals: dict[str, int] = {}
+        for task, count in counts.items():
+            label = self.metrics.task_label(task)
+            totals[label] = totals.get(label, 0) + count
         for label, count in sorted(totals.items()):
-            throttled.add_metric([label], count)
-        yield throttled
+            family.add_metric([label], count)
+        yield family
 
 
 class _SubmittedCounter:
@@ -86,8 +92,9 @@ class _SubmittedCounter:
 
 class Metrics:
     """Tasks submitted (by task and queue), request latency (by method, route and
-    status) and queue lengths (read at scrape time). Queue labels are the client's
-    ``known_queues()`` (routes, default, ``CELERY_QUEUES``, ``CELERY_EXTRA_QUEUES``)."""
+    status), queue lengths, throttled starts and deduplicated submits (by task; read at
+    scrape time). Queue labels are the client's ``known_queues()`` (routes, default,
+    ``CELERY_QUEUES``, ``CELERY_EXTRA_QUEUES``)."""
 
     def __init__(self, client: CeleryClient) -> None:
         self.client = client
@@ -110,7 +117,22 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.registry.register(_QueueLengthCollector(client))
-        self.registry.register(_FlowCollector(self))
+        self.registry.register(
+            _TaskCountCollector(
+                self,
+                "tasksys_tasks_throttled",
+                "Task starts that waited for a flow-control permit (each waiting task once)",
+                client.throttled_counts,
+            )
+        )
+        self.registry.register(
+            _TaskCountCollector(
+                self,
+                "tasksys_tasks_deduplicated",
+                "Submits answered with the task already holding their dedupe_key (nothing sent)",
+                client.deduplicated_counts,
+            )
+        )
 
     def count_submitted(self, *, task: str, queue: str) -> None:
         """Count one task accepted for sending (the services' ``SubmitCounter``)."""

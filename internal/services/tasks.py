@@ -18,6 +18,7 @@ from internal.schemas import (
     TaskInfo,
     TaskProgress,
     TaskSubmit,
+    TaskSubmitted,
     WorkflowAccepted,
     WorkflowStep,
     WorkflowSubmit,
@@ -63,14 +64,24 @@ def require_known_queue(client: CeleryClient, queue: str | None, *, field: str =
         raise InvalidInputError(message, field=field)
 
 
-async def submit_task(*, client: CeleryClient, metrics: SubmitCounter, body: TaskSubmit) -> TaskAccepted:
+async def submit_task(*, client: CeleryClient, metrics: SubmitCounter, body: TaskSubmit) -> TaskSubmitted:
     """Validate and send one task without blocking the event loop; nothing is sent when
-    anything is rejected."""
+    anything is rejected, or when a task holding ``dedupe_key`` is returned instead."""
     require_public(client, body.task)
     require_known_queue(client, body.queue)
-    task_id = await client.submit_async(body.task, body.args, body.kwargs, **_options(body))
+    task_id = await client.submit_async(
+        body.task,
+        body.args,
+        body.kwargs,
+        dedupe_key=body.dedupe_key,
+        dedupe_ttl=body.dedupe_ttl,
+        **_options(body),
+    )
+    if getattr(task_id, "deduplicated", False):
+        status = (await client.get_statuses_async([task_id]))[task_id]
+        return TaskSubmitted(task_id=task_id, status=status, deduplicated=True)
     metrics.count_submitted(task=body.task, queue=client.resolve_queue(body.task, body.queue))
-    return TaskAccepted(task_id=task_id, status=states.PENDING)
+    return TaskSubmitted(task_id=task_id, status=states.PENDING)
 
 
 async def submit_task_and_wait(
@@ -80,6 +91,10 @@ async def submit_task_and_wait(
     is sent, so a fast result is never missed); the task as ``get_task`` shows it."""
     require_public(client, body.task)
     require_known_queue(client, body.queue)
+    if body.dedupe_key is not None or body.dedupe_ttl is not None:
+        field = "dedupe_key" if body.dedupe_key is not None else "dedupe_ttl"
+        message = f"{field} cannot be combined with wait; submit, then GET /tasks/{{task_id}}?wait="
+        raise InvalidInputError(message, field=field)
     options = _options(body)
     task_id, meta = await client.submit_and_wait_async(
         body.task, body.args, body.kwargs, timeout=wait, task_id=options.pop("task_id"), **options

@@ -27,6 +27,7 @@ Layout (each part declares what it needs in its constructor; none imports the fa
 
 from ._beat import RedisScheduler, ScheduleEntry
 from ._client import MAX_PRIORITY, MIN_PRIORITY, TASK_STATES, THROUGHPUT_PROFILE, CeleryClient, public_state
+from ._dedupe import DEFAULT_DEDUPE_TTL, MAX_DEDUPE_TTL
 from ._errors import (
     BrokerUnavailableError,
     ClientClosedError,
@@ -62,9 +63,11 @@ from ._task import BaseTask, PermanentError, TransientError
 from .worker import STOCK_PRIORITY_STEPS, PriorityRedisTransport
 
 __all__ = [
+    "DEFAULT_DEDUPE_TTL",
     "ENTRY_NAME_PATTERN",
     "ID_PATTERN",
     "MAX_ARGUMENT_DEPTH",
+    "MAX_DEDUPE_TTL",
     "MAX_DELAY",
     "MAX_EXPIRES",
     "MAX_INTERVAL",

@@ -22,7 +22,9 @@ from celery import Celery, states
 from kombu.common import maybe_declare
 from kombu.utils.uuid import uuid
 
+from ._dedupe import Dedupe, Deduplicator, SubmittedId, refuse_dedupe_options
 from ._errors import unreachable
+from ._fastpath import Command
 from ._publish import ChannelPublisher, Publisher
 from ._redis import RedisClients, is_redis_url
 from ._request import TaskRequest
@@ -67,16 +69,29 @@ class AsyncPublisher(ChannelPublisher):
         """Publish one validated request (one MULTI/EXEC); its task id. Building takes
         no lock: only this loop builds with this publisher, and only after its queue is
         declared, so building does no I/O."""
-        queue_name = self.resolve_queue(request.task_name, request.options.get("queue"))
-        if queue_name not in self._declared_queues:
-            await asyncio.to_thread(self.declare, self.app.amqp.queues[queue_name])
-        task_id, commands = self.factory.build(request)
+        task_id, commands = await self.build(request)
         with unreachable(f"could not send task {request.task_name!r}", self.url):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for name, args in commands:
                     getattr(pipe, name)(*args)
                 await pipe.execute()
         return task_id
+
+    async def build(self, request: TaskRequest) -> tuple[str, list[Command]]:
+        """The task id and Redis commands of one validated request (its queue declared
+        first, in a thread, so building does no I/O)."""
+        queue_name = self.resolve_queue(request.task_name, request.options.get("queue"))
+        if queue_name not in self._declared_queues:
+            await asyncio.to_thread(self.declare, self.app.amqp.queues[queue_name])
+        return self.factory.build(request)
+
+    async def send_deduplicated(
+        self, request: TaskRequest, dedupe: Dedupe, via: Deduplicator
+    ) -> tuple[str, bool]:
+        """Check the key and publish in one script (see :meth:`Deduplicator.send`)."""
+        task_id, commands = await self.build(request)
+        with unreachable(f"could not send task {request.task_name!r}", self.url):
+            return await via.send_async(self.redis, task_id, request.task_name, dedupe, commands)
 
     async def aclose(self) -> None:
         """Close the Redis connections and the kombu connection."""
@@ -236,10 +251,29 @@ class AsyncClient:
             weakref.WeakKeyDictionary()
         )
 
-    async def submit(self, request: TaskRequest) -> str:
-        """Validate, claim the caller's id, send without blocking the loop; the task id."""
+    async def submit(self, request: TaskRequest, dedupe: Dedupe | None = None) -> SubmittedId:
+        """Validate, claim the caller's id, send without blocking the loop; the task id
+        (with ``dedupe``: possibly the id of the task already holding the key)."""
         validated = self.publisher.validator.validated(request)
-        return await self._send(validated, claim=True)
+        if dedupe is not None:
+            return await self._send_deduplicated(validated, dedupe)
+        return SubmittedId(await self._send(validated, claim=True))
+
+    async def _send_deduplicated(self, request: TaskRequest, dedupe: Dedupe) -> SubmittedId:
+        publisher = self.publisher
+        publisher.dedupe.check_supported(request, redis_broker=publisher.redis_broker)
+        claimed = await publisher.claims.claim_async([request], self._reader().redis)
+        try:
+            loop = asyncio.get_running_loop()
+            sender = self._publishers.get(loop) or await self._first_publisher(loop, request.task_name)
+            task_id, sent = await sender.send_deduplicated(request, dedupe, publisher.dedupe)
+        except BaseException:
+            if claimed:
+                await asyncio.to_thread(publisher.claims.release, claimed)
+            raise
+        if claimed and not sent:
+            await asyncio.to_thread(publisher.claims.release, claimed)  # the caller's id was not used
+        return SubmittedId(task_id, deduplicated=not sent)
 
     async def _send(self, request: TaskRequest, *, claim: bool) -> str:
         claims = self.publisher.claims
@@ -284,6 +318,7 @@ class AsyncClient:
     ) -> tuple[str, dict[str, Any]]:
         """Send and wait up to ``timeout`` s, listening before sending; id and metadata."""
         validated = self.publisher.validator.validated(request)
+        refuse_dedupe_options([validated], "submit_and_wait_async")
         task_id = validated.options.get("task_id") or uuid()
         validated = TaskRequest(
             validated.task_name,

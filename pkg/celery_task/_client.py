@@ -24,7 +24,8 @@ from ._async import AsyncClient
 from ._canvas import Canvas
 from ._conf import THROUGHPUT_PROFILE, available_modules, default_conf, normalise_routes, state_redis_url
 from ._deadletter import DeadLetterQueue, connect_failure_recorder
-from ._errors import ClientClosedError, InvalidRequestError
+from ._dedupe import check_dedupe
+from ._errors import ClientClosedError, InvalidRequestError, unreachable
 from ._flow import FlowLimitStore
 from ._limits import MAX_PRIORITY, MIN_PRIORITY
 from ._operations import Operations
@@ -218,15 +219,30 @@ class CeleryClient:
         countdown: float | None = None,
         eta: datetime | None = None,
         expires: float | datetime | None = None,
+        dedupe_key: str | None = None,
+        dedupe_ttl: float | None = None,
         **options: Any,
     ) -> AsyncResult:
         """Send a task by name and return at once. Routes apply unless ``queue`` is
         given; ``priority`` is 0 (lowest) to 9 (highest) on every broker. A caller's
-        ``task_id`` is an idempotency key (:class:`TaskIdInUseError` if known)."""
+        ``task_id`` is an idempotency key (:class:`TaskIdInUseError` if known).
+
+        While a task sent with ``dedupe_key`` is queued or running (``dedupe_ttl`` s at
+        most, default 3600), this sends nothing and returns that task; the result's
+        ``deduplicated`` says which happened."""
+        dedupe = check_dedupe(dedupe_key, dedupe_ttl)
         request = TaskRequest(
             task_name, args or (), kwargs or {}, task_id, queue, priority, countdown, eta, expires, options
         )
-        return self.app.AsyncResult(self._parts.publisher.submit(request))
+        publisher = self._parts.publisher
+        if dedupe is None:
+            result = self.app.AsyncResult(publisher.submit(request))
+            result.deduplicated = False
+            return result
+        sent_id, deduplicated = publisher.submit_deduplicated(request, dedupe)
+        result = self.app.AsyncResult(sent_id)
+        result.deduplicated = deduplicated
+        return result
 
     def submit_many(
         self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, chunk_size: int = 1000
@@ -251,14 +267,18 @@ class CeleryClient:
         countdown: float | None = None,
         eta: datetime | None = None,
         expires: float | datetime | None = None,
+        dedupe_key: str | None = None,
+        dedupe_ttl: float | None = None,
         **options: Any,
     ) -> str:
         """:meth:`submit` for ``async`` code: the same message, written with redis.asyncio
-        (one MULTI/EXEC) so the event loop never blocks. Returns the task id."""
+        (one MULTI/EXEC) so the event loop never blocks. Returns the task id, a ``str``
+        whose ``deduplicated`` is True when ``dedupe_key`` matched a task (nothing sent)."""
+        dedupe = check_dedupe(dedupe_key, dedupe_ttl)
         request = TaskRequest(
             task_name, args or (), kwargs or {}, task_id, queue, priority, countdown, eta, expires, options
         )
-        return await self._parts.aio.submit(request)
+        return await self._parts.aio.submit(request, dedupe)
 
     async def submit_and_wait_async(
         self,
@@ -380,6 +400,14 @@ class CeleryClient:
         ``terminate=True`` a running one is stopped. The revoke is kept in Redis, so
         workers that start later honour it too."""
         self._parts.results.revoke(task_id, terminate, signal)
+        with unreachable(f"could not release the dedupe key of {task_id}", self.broker_url):
+            self._parts.publisher.dedupe.release(task_id)
+
+    def deduplicated_counts(self) -> dict[str, int]:
+        """Submits answered with an existing task per task name, counted in Redis by
+        every process (``dedupe_key``)."""
+        with unreachable("could not read dedupe counts", self.broker_url):
+            return self._parts.publisher.dedupe.counts()
 
     # -- periodic tasks --------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 
+from ._dedupe import Dedupe, Deduplicator, refuse_dedupe_options
 from ._errors import BrokerUnavailableError, InvalidRequestError, unreachable
 from ._fastpath import MessageFactory, fast_path_supports, pipeline_commands
 from ._redis import is_redis_url
@@ -50,6 +51,7 @@ class Publisher:
         self.redis_broker = is_redis_url(self.url) and not transport_options.get("global_keyprefix")
         self._lock = threading.Lock()
         self._channel: ChannelPublisher | None = None
+        self.dedupe = Deduplicator(app)
 
     def fast_path_ok(self, requests: Iterable[TaskRequest]) -> bool:
         """Whether the fast path builds these requests exactly as ``send_task`` would."""
@@ -60,6 +62,25 @@ class Publisher:
         validated = self.validator.validated(request)
         with self.claims.held([validated]):
             return self.publish(validated)
+
+    def submit_deduplicated(self, request: TaskRequest, dedupe: Dedupe) -> tuple[str, bool]:
+        """Validate, claim the caller's id, then check the key and send in one script:
+        the id sent, or the id of the task holding the key, and whether it was deduplicated."""
+        validated = self.validator.validated(request)
+        self.dedupe.check_supported(validated, redis_broker=self.redis_broker)
+        with (
+            self.claims.held([validated]) as claimed,
+            unreachable(f"could not send task {request.task_name!r}", self.url),
+        ):
+            channel = self._channel_publisher()
+            with channel.lock:
+                task_id, commands = channel.factory.build(validated)
+            task_id, sent = self.dedupe.send(
+                self.dedupe.client(), task_id, validated.task_name, dedupe, commands
+            )
+        if not sent:
+            self.claims.release(claimed)  # the caller's id was not used
+        return task_id, not sent
 
     def publish(self, request: TaskRequest) -> str:
         """Send one validated request (fast path on Redis, else ``send_task``); its id."""
@@ -97,6 +118,7 @@ class Publisher:
         validated = [
             self.validator.validated(r if isinstance(r, TaskRequest) else TaskRequest(**r)) for r in requests
         ]
+        refuse_dedupe_options(validated, "submit_many")
         claimed = self.claims.claim(validated)
         sent_ids: list[str] = []
         try:
@@ -146,3 +168,4 @@ class Publisher:
             channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
+        self.dedupe.close()

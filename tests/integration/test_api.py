@@ -89,7 +89,8 @@ def test_submit_and_read_a_task(api: Api, stack: Stack) -> None:
     response = api.http.post("/api/v1/tasks", json={"task": "math.number_sum", "args": [1, 2]})
     assert response.status_code == 202
     accepted = response.json()
-    assert set(accepted) == {"task_id", "status"} and accepted["status"] == "PENDING"
+    assert set(accepted) == {"task_id", "status", "deduplicated"} and accepted["status"] == "PENDING"
+    assert accepted["deduplicated"] is False
     info = wait_done(api, accepted["task_id"])
     assert set(info) == TASK_FIELDS
     assert info["status"] == "SUCCESS" and info["result"] == 3 and info["error"] is None

@@ -174,6 +174,14 @@ def fan_out(self: BaseTask, how: str, queue: str) -> list[str]:
     return celery_client.submit_many([TaskRequest("math.number_sum", [i, i], queue=queue) for i in range(2)])
 
 
+@app.task(name="tests.dedupe_children", bind=True)
+def dedupe_children(self: BaseTask, key: str, queue: str) -> list[list[Any]]:
+    """Submit two ``tests.sleep`` children to ``queue`` with one ``dedupe_key`` from
+    inside a task; ``[id, deduplicated]`` of each."""
+    sent = [celery_client.submit("tests.sleep", [0.1], queue=queue, dedupe_key=key) for _ in range(2)]
+    return [[result.id, result.deduplicated] for result in sent]
+
+
 def _hook_dir() -> Path | None:
     value = os.environ.get("TASKSYS_TEST_HOOK_DIR")
     return Path(value) if value else None

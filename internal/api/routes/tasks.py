@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from internal.api.deps import ClientDep, MetricsDep
 from internal.api.routes._common import ERRORS, IdPath
-from internal.schemas import StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit
+from internal.schemas import StatusesOut, StatusesQuery, TaskAccepted, TaskInfo, TaskSubmit, TaskSubmitted
 from internal.services import tasks as service
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -19,8 +19,14 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 @router.post(
     "",
     status_code=202,
-    response_model=TaskAccepted,
-    responses={**ERRORS, 200: {"model": TaskInfo, "description": "with wait > 0: the task finished"}},
+    response_model=TaskSubmitted,
+    responses={
+        **ERRORS,
+        200: {
+            "model": TaskInfo | TaskSubmitted,
+            "description": "with wait > 0: the task finished; with dedupe_key: the task holding it",
+        },
+    },
 )
 async def submit_task(
     body: TaskSubmit,
@@ -40,7 +46,10 @@ async def submit_task(
 ) -> Any:
     """Send a public task; answers at once with its id (or, with ``wait``, when done)."""
     if wait <= 0:
-        return await service.submit_task(client=client, metrics=metrics, body=body)
+        submitted = await service.submit_task(client=client, metrics=metrics, body=body)
+        if submitted.deduplicated:
+            return JSONResponse(submitted.model_dump(mode="json"), status_code=200)
+        return submitted
     info = await service.submit_task_and_wait(client=client, metrics=metrics, body=body, wait=wait)
     return JSONResponse(
         info.model_dump(mode="json"), status_code=200 if info.status in states.READY_STATES else 202

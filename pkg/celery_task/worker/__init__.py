@@ -16,6 +16,7 @@
 - ``backend``: :class:`TimedRedisBackend`, results with start time and runtime, stored atomically.
 - ``pool``: :class:`AsyncioPool`, many ``async def`` tasks at once on the process's loop.
 - ``history``: :class:`TaskHistory`, lifecycle records buffered and appended to the history stream.
+- ``dedupe``: :class:`DedupeRelease`, dedupe keys released when their task is done or revoked.
 
 Private Celery and kombu names these modules need are reached through ``.._compat``.
 """

@@ -10,6 +10,7 @@ from celery import Celery
 from .._redis import HEALTH_CHECK_INTERVAL
 from .backend import TimedRedisBackend
 from .consumer import Consumer
+from .dedupe import DedupeRelease
 from .events import EventBatching
 from .heartbeat import UnackedHeartbeat
 from .history import TaskHistory
@@ -58,12 +59,14 @@ def worker_conf(redis_broker: bool) -> dict[str, Any]:
 
 def install(app: Celery) -> WorkerHooks:
     """Add the worker's consumer bootsteps and, for Redis results, TimedRedisBackend
-    (which also records start time and runtime) to ``app``, and task history (recorded
-    only where ``tasksys_history`` is on when the worker starts); its lifecycle hooks."""
+    (which also records start time and runtime) to ``app``, task history (recorded
+    only where ``tasksys_history`` is on when the worker starts) and the release of
+    dedupe keys; its lifecycle hooks."""
     backends = {"redis": BACKEND_PATH, "rediss": BACKEND_PATH}
     app.loader.override_backends = {**app.loader.override_backends, **backends}
     for step in CONSUMER_STEPS:
         app.steps["consumer"].add(step)
     hooks = WorkerHooks(app)
     hooks.attach_history(TaskHistory(app))
+    hooks.attach_dedupe(DedupeRelease(app))
     return hooks

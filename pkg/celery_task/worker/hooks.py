@@ -60,17 +60,24 @@ class WorkerHooks:
         self.on_shutdown: list[Hook] = []
         self._started_pid: int | None = None
         self._history: Any = None
+        self._dedupe: Any = None
         _attach(self)
 
     def attach_history(self, history: Any) -> None:
         """Keep the task-history recorder of this app, disconnected with the hooks."""
         self._history = history
 
+    def attach_dedupe(self, dedupe: Any) -> None:
+        """Keep the dedupe-key releaser of this app, connected when its worker starts."""
+        self._dedupe = dedupe
+
     def disconnect(self) -> None:
         """Stop receiving Celery's signals (safe twice); the client's ``close()`` calls it."""
         _detach(self)
         if self._history is not None:
             self._history.disconnect()
+        if self._dedupe is not None:
+            self._dedupe.disconnect()
 
     def _on_setup_logger(self, logger: logging.Logger | None = None, **_: Any) -> None:
         """Worker and beat logs escape control characters (see :class:`EscapingFormatter`)."""
@@ -100,6 +107,8 @@ class WorkerHooks:
         _use_worker_backend_retries(self.app)
         if self._history is not None:
             self._history.start_if_enabled()
+        if self._dedupe is not None:
+            self._dedupe.connect()
         pool_cls = get_implementation(sender.pool_cls)
         if isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
             return  # the children run the hooks (worker_process_init)
