@@ -102,13 +102,19 @@ class TaskHistory:
         _track(self)
 
     def reset_after_fork(self) -> None:
-        """In a forked child: a fresh lock (the parent's flusher may have held it) and an
-        empty buffer (the parent sends its own records)."""
+        """In a forked child: fresh locks and client, an empty buffer (the parent sends
+        its own records); the parent's client is kept, never closed, here (see below)."""
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._buffer.clear()
         self._started.clear()
         self._pid = None
+        if self._client is not None:
+            # Closing the parent's client in the child takes its connection pool's locks,
+            # which the parent's flusher may have held at the fork: the child then blocks
+            # for good (pool lock) or 5 s (fork lock) before its first task.
+            _inherited.append(self._client)
+            self._client = None
 
     def disconnect(self) -> None:
         """Stop receiving signals (safe twice)."""
@@ -285,7 +291,6 @@ class TaskHistory:
         if self._pid == pid:
             return
         self._pid = pid
-        self._client = None
         self._wake = threading.Event()
         threading.Thread(target=self._run, name="tasksys-history", daemon=True).start()
 
@@ -338,6 +343,8 @@ class TaskHistory:
 
 _instances: weakref.WeakSet[TaskHistory] = weakref.WeakSet()
 _fork_hook: list[bool] = []
+#: Clients a forked child inherited: referenced so they are never finalized there.
+_inherited: list[redis.Redis] = []
 
 
 def _track(history: TaskHistory) -> None:
