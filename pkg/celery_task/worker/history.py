@@ -49,6 +49,8 @@ TRACEBACK_LIMIT = 16_384
 #: Characters of an error message kept.
 MESSAGE_LIMIT = 2_048
 MASK = "***"
+#: One encoder for every record (``json.dumps`` with options builds one per call).
+_encode = json.JSONEncoder(default=repr, ensure_ascii=False).encode
 
 
 def stream_key(options: Options) -> str:
@@ -60,7 +62,7 @@ def truncate(value: Any, limit: int) -> Any:
     """``value`` if its JSON text fits in ``limit`` bytes, else that text cut to fit and
     marked as ``{"truncated": <prefix>}`` (a value JSON cannot encode is shown by repr)."""
     try:
-        text = json.dumps(value, default=repr, ensure_ascii=False)
+        text = _encode(value)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
         value = text
@@ -154,7 +156,7 @@ class TaskHistory:
     def _add(self, record: dict[str, Any]) -> None:
         record["at"] = time.time()
         record["pid"] = os.getpid()
-        text = json.dumps(record, default=repr, ensure_ascii=False)
+        text = _encode(record)
         with self._lock:
             self._ensure_thread()
             if len(self._buffer) >= BUFFER_LIMIT:
