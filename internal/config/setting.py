@@ -225,7 +225,7 @@ class HistorySettings(BaseSettings):
 
     model_config = _config("HISTORY_")
 
-    enabled: bool = False  # on by HISTORY_ENABLED=true; see the README (recycled children)
+    enabled: bool = True  # HISTORY_ENABLED=false: workers record nothing
     retention_days: int = Field(14, ge=1, le=3650)
     max_value_bytes: int = Field(4096, ge=64, le=1024 * 1024)
     mask_keys: str = Field("password,token,secret,api_key,authorization", max_length=4096)

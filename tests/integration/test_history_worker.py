@@ -25,18 +25,21 @@ def _records(stack: Stack, task_id: str) -> list[dict[str, Any]]:
     return sorted((r for r in records if r["task_id"] == task_id), key=lambda r: r["at"])
 
 
-def _types_after(stack: Stack, task_id: str, last: str) -> list[dict[str, Any]]:
+def _types_after(stack: Stack, task_id: str, *needed: str) -> list[dict[str, Any]]:
+    """The task's records once each of ``needed`` is among them (the main process, which
+    records ``received``, and the pool child flush separately, in either order)."""
+
     def done() -> list[dict[str, Any]]:
         records = _records(stack, task_id)
-        return records if any(r["type"] == last for r in records) else []
+        return records if set(needed) <= {r["type"] for r in records} else []
 
-    return wait_for(done, 20, what=f"{last} record of {task_id}")
+    return wait_for(done, 20, what=f"{', '.join(needed)} records of {task_id}")
 
 
 def test_success_records_received_started_succeeded(stack: Stack, client: CeleryClient) -> None:
     result = client.submit("math.number_sum", kwargs={"x": 2, "y": 3})
     assert result.get(timeout=20) == 5
-    records = _types_after(stack, result.id, "succeeded")
+    records = _types_after(stack, result.id, "received", "started", "succeeded")
     assert [r["type"] for r in records] == ["received", "started", "succeeded"]
     received, started, succeeded = records
     assert received["task"] == "math.number_sum" and received["queue"] == "default"
@@ -76,5 +79,5 @@ def test_large_args_truncated(stack: Stack, client: CeleryClient, unique: str) -
     key = f"history-rec-{unique}"
     result = client.submit("tests.record", (key, "x" * 20_000))
     result.get(timeout=20)
-    received = _types_after(stack, result.id, "succeeded")[0]
+    received = _types_after(stack, result.id, "received", "succeeded")[0]
     assert set(received["args"]) == {"truncated"} and len(received["args"]["truncated"]) <= 4096

@@ -49,6 +49,8 @@ TRACEBACK_LIMIT = 16_384
 #: Characters of an error message kept.
 MESSAGE_LIMIT = 2_048
 MASK = "***"
+#: One encoder for every record (``json.dumps`` with options builds one per call).
+_encode = json.JSONEncoder(default=repr, ensure_ascii=False).encode
 
 
 def stream_key(options: Options) -> str:
@@ -60,7 +62,7 @@ def truncate(value: Any, limit: int) -> Any:
     """``value`` if its JSON text fits in ``limit`` bytes, else that text cut to fit and
     marked as ``{"truncated": <prefix>}`` (a value JSON cannot encode is shown by repr)."""
     try:
-        text = json.dumps(value, default=repr, ensure_ascii=False)
+        text = _encode(value)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
         value = text
@@ -102,13 +104,19 @@ class TaskHistory:
         _track(self)
 
     def reset_after_fork(self) -> None:
-        """In a forked child: a fresh lock (the parent's flusher may have held it) and an
-        empty buffer (the parent sends its own records)."""
+        """In a forked child: fresh locks and client, an empty buffer (the parent sends
+        its own records); the parent's client is kept, never closed, here (see below)."""
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._buffer.clear()
         self._started.clear()
         self._pid = None
+        if self._client is not None:
+            # Closing the parent's client in the child takes its connection pool's locks,
+            # which the parent's flusher may have held at the fork: the child then blocks
+            # for good (pool lock) or 5 s (fork lock) before its first task.
+            _inherited.append(self._client)
+            self._client = None
 
     def disconnect(self) -> None:
         """Stop receiving signals (safe twice)."""
@@ -148,7 +156,7 @@ class TaskHistory:
     def _add(self, record: dict[str, Any]) -> None:
         record["at"] = time.time()
         record["pid"] = os.getpid()
-        text = json.dumps(record, default=repr, ensure_ascii=False)
+        text = _encode(record)
         with self._lock:
             self._ensure_thread()
             if len(self._buffer) >= BUFFER_LIMIT:
@@ -285,7 +293,6 @@ class TaskHistory:
         if self._pid == pid:
             return
         self._pid = pid
-        self._client = None
         self._wake = threading.Event()
         threading.Thread(target=self._run, name="tasksys-history", daemon=True).start()
 
@@ -338,6 +345,8 @@ class TaskHistory:
 
 _instances: weakref.WeakSet[TaskHistory] = weakref.WeakSet()
 _fork_hook: list[bool] = []
+#: Clients a forked child inherited: referenced so they are never finalized there.
+_inherited: list[redis.Redis] = []
 
 
 def _track(history: TaskHistory) -> None:
