@@ -19,6 +19,8 @@ SCRIPTS = [
     "bench_beat",
     "bench_async",
     "bench_dedupe",
+    "bench_flow",
+    "bench_history",
 ]
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 
