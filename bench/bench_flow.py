@@ -12,7 +12,6 @@ Run: ``.venv/bin/python -m bench.bench_flow``
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -21,26 +20,12 @@ from pathlib import Path
 import redis
 
 from bench._harness import Report, bench_env, private_redis
+from bench.bench_submit import make_client
 from bench.bench_worker import celery_worker, drain_rate
 from pkg.celery_task import CeleryClient, TaskRequest
 
 N = 10_000
 SUBMITS = 3_000
-
-
-def _client(url: str) -> CeleryClient:
-    """The production wiring on the bench Redis, with the bench tasks registered."""
-    from pydantic import SecretStr
-
-    from internal.config.setting import RedisSettings, load_settings
-    from internal.infra.celery import build_celery_client
-
-    os.environ.update(CELERY_EXTRA_INCLUDE="bench.tasks", BENCH_REDIS_URL=url)
-    settings = load_settings(env_file=None)
-    settings.redis = RedisSettings(url=SecretStr(url))
-    client = build_celery_client(settings)
-    client.load_tasks()
-    return client
 
 
 def _submit_rate(client: CeleryClient, **options: str) -> float:
@@ -56,7 +41,8 @@ def main() -> int:
     with private_redis() as server, bench_env(server) as env, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         db = redis.Redis.from_url(server.url)
-        client = _client(server.url)
+        client = make_client(server.url)
+        client.load_tasks()
         rates: dict[str, float] = {}
         for _ in range(2):  # alternating rounds; the best of each counts
             for task in ("bench.noop", "bench.noop_rated", "bench.noop_slotted"):
