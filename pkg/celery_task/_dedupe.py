@@ -177,6 +177,11 @@ def _add_header(payload: str, key: str) -> str:
     return f"{payload[:end]}{json_text(DEDUPE_HEADER)}: {json_text(key)}, {payload[end:]}"
 
 
+#: Clients a forked child inherited from its parent: referenced so they are never
+#: finalized in the child (see :meth:`Deduplicator.client`).
+_INHERITED: list[redis.Redis] = []
+
+
 class Deduplicator:
     """The submit and release scripts for one app; its keys live on the broker Redis
     (the same server as the queues, so one script can check and push)."""
@@ -294,6 +299,11 @@ class Deduplicator:
         refuses the 11th); a capped blocking pool cost about 6-7% more client CPU per call."""
         with self._lock:
             if self._client is None or self._pid != os.getpid():
+                if self._client is not None:
+                    # A forked child: the parent's client is kept, never finalized here
+                    # (its pool's lock may have been copied held at the fork; finalizing
+                    # takes it, and the child would block for good).
+                    _INHERITED.append(self._client)
                 transport = self.app.conf.broker_transport_options or {}
                 self._client = redis.Redis.from_url(
                     self.url,
