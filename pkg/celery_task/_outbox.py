@@ -222,8 +222,7 @@ class Outbox:
     def send(self, request: TaskRequest) -> None:
         """Claim the request's id and publish it. :class:`TaskIdInUseError` if the id is
         known (sent before, or a caller's id already used); broker errors propagate."""
-        with self.publisher.claims.held([request]):
-            self.publisher.publish(request)
+        self.publisher.claim_and_publish(request)
 
     def publish_committed(self, requests: Sequence[TaskRequest]) -> None:
         """Publish committed rows; never raises (the caller's commit has happened): a

@@ -59,9 +59,22 @@ class Publisher:
 
     def submit(self, request: TaskRequest) -> str:
         """Validate, claim the caller's id, send; the task id."""
-        validated = self.validator.validated(request)
-        with self.claims.held([validated]):
-            return self.publish(validated)
+        return self.claim_and_publish(self.validator.validated(request))
+
+    def claim_and_publish(self, validated: TaskRequest) -> str:
+        """Claim a validated request's caller id and send it; the task id. Where claims
+        and queues share one Redis, one script does both, so a crash in between can
+        never leave the id claimed with nothing sent."""
+        task_id = validated.options.get("task_id")
+        if not task_id or not self.claims.claims_with_broker(self.url) or not self.fast_path_ok([validated]):
+            with self.claims.held([validated]):
+                return self.publish(validated)
+        with unreachable(f"could not send task {validated.task_name!r}", self.url):
+            channel = self._channel_publisher()
+            with channel.lock:
+                task_id, commands = channel.factory.build(validated)
+            self.claims.claim_and_publish(validated, pipeline_commands(commands))
+        return str(task_id)
 
     def submit_deduplicated(self, request: TaskRequest, dedupe: Dedupe) -> tuple[str, bool]:
         """Validate, claim the caller's id, then check the key and send in one script:

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # or another submit claimed it), else claim it for ``ARGV[2]`` seconds. KEYS: claim,
 # result, revoked set; ARGV: id, ttl (0 = no expiry), oldest live revoke time,
 # "1" to look at the result key (it lives on this server).
-_CLAIM_SCRIPT = """
+_CLAIM_CHECKS = """
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 local revoked = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if revoked and tonumber(revoked) > tonumber(ARGV[3]) then return 3 end
@@ -43,9 +43,26 @@ if tonumber(ARGV[2]) > 0 then
 else
   claimed = redis.call('SET', KEYS[1], '1', 'NX')
 end
-if claimed then return 1 end
-return 4
 """
+_CLAIM_SCRIPT = _CLAIM_CHECKS + "if claimed then return 1 end\nreturn 4\n"
+# The claim script, then (only when the id was claimed) the publish commands of the
+# task's message, so a claim never exists without its message: a caller retrying after
+# a crash, and the outbox relay, can trust a claim to mean "sent". KEYS and ARGV[1..4]
+# as the claim script; then per command: name, argument count, arguments.
+_CLAIM_AND_PUBLISH_SCRIPT = (
+    _CLAIM_CHECKS
+    + """if not claimed then return 4 end
+local i = 5
+while i <= #ARGV do
+  local name, count = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call(name, unpack(ARGV, i + 2, i + 1 + count))
+  i = i + 2 + count
+end
+return 1
+"""
+)
+#: What the claim-and-publish script may run: the pushes and events of one message.
+_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish"})
 _REFUSALS = {
     2: "it has a stored result",
     3: "it was revoked",
@@ -154,6 +171,29 @@ class TaskIdClaims:
             task_id, answer = refused[0]
             raise TaskIdInUseError(task_id, _REFUSALS.get(answer, "it is known"))
         return claimed
+
+    def claims_with_broker(self, broker_url: str) -> bool:
+        """Claims, results and queues share one Redis: a claim and its message can be
+        written by one script."""
+        return self.results_on_state_redis and options_of(self.app).redis_url == broker_url
+
+    def claim_and_publish(
+        self, request: TaskRequest, commands: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> None:
+        """Claim the request's caller-supplied id and run its publish ``commands`` in
+        one script (:meth:`claims_with_broker` must hold); :class:`TaskIdInUseError`
+        if the id is known, and then nothing is sent."""
+        keys, args = self._call(request)
+        for name, command_args in commands:
+            if name not in _PUBLISH_COMMANDS:
+                raise RuntimeError(f"unexpected publish command {name!r} with a task id claim")
+            args += [name, len(command_args), *command_args]
+        answer = self._publish_script(keys=keys, args=args, client=self.redis.state())
+        self._settle([request.options["task_id"]], [answer])
+
+    @cached_property
+    def _publish_script(self) -> Any:
+        return self.redis.state().register_script(_CLAIM_AND_PUBLISH_SCRIPT)
 
     def release(self, task_ids: Sequence[str]) -> None:
         """Give claims back after a send failed, so the caller can retry with the id."""
