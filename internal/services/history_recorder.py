@@ -18,6 +18,7 @@ __all__ = ["RECORD_STATUS", "apply_records", "delete_older_than", "parse_entry"]
 
 #: The status a record type moves a task to.
 RECORD_STATUS = {
+    "sent": "PENDING",
     "received": "RECEIVED",
     "started": "STARTED",
     "retried": "RETRY",
@@ -104,6 +105,8 @@ def _merge(row: TaskHistory, record: dict[str, Any], at: datetime) -> None:
         row.retries = max(row.retries or 0, record["retries"])
     if at < _aware(row.seen_at):
         row.seen_at = at
+    if kind == "sent" and (row.sent_at is None or at < _aware(row.sent_at)):
+        row.sent_at = at
     if kind == "received" and (row.received_at is None or at < _aware(row.received_at)):
         row.received_at = at
     if kind == "started":

@@ -29,6 +29,7 @@ from ._publish import ChannelPublisher, Publisher
 from ._redis import RedisClients, is_redis_url
 from ._request import TaskRequest
 from ._results import Results, public_state
+from ._sent import run_commands, sent_after, sent_after_needed, sent_commands
 
 __all__ = ["AsyncClient", "AsyncPublisher", "AsyncResults"]
 
@@ -70,11 +71,13 @@ class AsyncPublisher(ChannelPublisher):
         no lock: only this loop builds with this publisher, and only after its queue is
         declared, so building does no I/O."""
         task_id, commands = await self.build(request)
+        sent = [(task_id, request.task_name)]
         with unreachable(f"could not send task {request.task_name!r}", self.url):
             async with self.redis.pipeline(transaction=True) as pipe:
-                for name, args in commands:
-                    getattr(pipe, name)(*args)
+                run_commands(pipe, commands + sent_commands(self.app, self.url, sent))
                 await pipe.execute()
+        if sent_after_needed(self.app, self.url, by_celery=False):
+            await asyncio.to_thread(sent_after, self.app, self.url, sent, by_celery=False)
         return task_id
 
     async def build(self, request: TaskRequest) -> tuple[str, list[Command]]:
@@ -90,8 +93,18 @@ class AsyncPublisher(ChannelPublisher):
     ) -> tuple[str, bool]:
         """Check the key and publish in one script (see :meth:`Deduplicator.send`)."""
         task_id, commands = await self.build(request)
+        sent = [(task_id, request.task_name)]
         with unreachable(f"could not send task {request.task_name!r}", self.url):
-            return await via.send_async(self.redis, task_id, request.task_name, dedupe, commands)
+            answer = await via.send_async(
+                self.redis,
+                task_id,
+                request.task_name,
+                dedupe,
+                commands + sent_commands(self.app, self.url, sent),
+            )
+        if answer[1] and sent_after_needed(self.app, self.url, by_celery=False):
+            await asyncio.to_thread(sent_after, self.app, self.url, sent, by_celery=False)
+        return answer
 
     async def aclose(self) -> None:
         """Close the Redis connections and the kombu connection."""

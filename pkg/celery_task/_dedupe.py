@@ -64,7 +64,7 @@ MIN_DEDUPE_TTL = 1.0
 MAX_DEDUPE_TTL = timedelta(days=30).total_seconds()
 
 #: The Redis commands the fast path emits for one message (kombu's Redis channel).
-_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish"})
+_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish", "xadd"})
 
 # KEYS: dedupe key, owner key of the new task, counts hash. ARGV: task id, TTL in ms,
 # task name, dedupe key name, then per command: name, argument count, arguments.

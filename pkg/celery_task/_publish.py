@@ -16,6 +16,7 @@ from ._errors import BrokerUnavailableError, InvalidRequestError, unreachable
 from ._fastpath import MessageFactory, fast_path_supports, pipeline_commands
 from ._redis import is_redis_url
 from ._request import TaskRequest
+from ._sent import run_commands, sent_after, sent_commands
 from ._taskids import TaskIdClaims
 from ._validation import Validator
 
@@ -73,7 +74,11 @@ class Publisher:
             channel = self._channel_publisher()
             with channel.lock:
                 task_id, commands = channel.factory.build(validated)
-            self.claims.claim_and_publish(validated, pipeline_commands(commands))
+            sent = [(task_id, validated.task_name)]
+            self.claims.claim_and_publish(
+                validated, pipeline_commands(commands) + sent_commands(self.app, self.url, sent)
+            )
+        sent_after(self.app, self.url, sent, by_celery=False)
         return str(task_id)
 
     def submit_deduplicated(self, request: TaskRequest, dedupe: Dedupe) -> tuple[str, bool]:
@@ -88,11 +93,14 @@ class Publisher:
             channel = self._channel_publisher()
             with channel.lock:
                 task_id, commands = channel.factory.build(validated)
+            record = sent_commands(self.app, self.url, [(task_id, validated.task_name)])
             task_id, sent = self.dedupe.send(
-                self.dedupe.client(), task_id, validated.task_name, dedupe, commands
+                self.dedupe.client(), task_id, validated.task_name, dedupe, commands + record
             )
         if not sent:
             self.claims.release(claimed)  # the caller's id was not used
+        else:
+            sent_after(self.app, self.url, [(task_id, validated.task_name)], by_celery=False)
         return task_id, not sent
 
     def publish(self, request: TaskRequest) -> str:
@@ -103,16 +111,18 @@ class Publisher:
             channel = self._channel_publisher()
             with channel.lock:
                 task_id, commands = channel.factory.build(request)
+            sent = [(task_id, request.task_name)]
             with channel.channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
-                for name, args in commands:
-                    getattr(pipe, name)(*args)
+                run_commands(pipe, commands + sent_commands(self.app, self.url, sent))
                 pipe.execute()
+        sent_after(self.app, self.url, sent, by_celery=False)
         return task_id
 
     def send_task(self, request: TaskRequest) -> str:
         """Send one validated request through Celery's ``send_task``; its id."""
         with unreachable(f"could not send task {request.task_name!r}", self.url):
             result = self.app.send_task(request.task_name, request.args, request.kwargs, **request.options)
+        sent_after(self.app, self.url, [(str(result.id), request.task_name)], by_celery=True)
         return str(result.id)
 
     def republish(self, request: TaskRequest) -> str:
@@ -150,20 +160,24 @@ class Publisher:
             with unreachable("could not send tasks", self.url), self.app.producer_or_acquire() as producer:
                 factory = MessageFactory(self.app, producer)
                 for start in range(0, len(validated), chunk_size):
+                    chunk = validated[start : start + chunk_size]
                     chunk_ids: list[str] = []
                     commands: list[tuple[str, tuple[Any, ...]]] = []
-                    for request in validated[start : start + chunk_size]:
+                    for request in chunk:
                         task_id, task_commands = factory.build(request)
                         chunk_ids.append(task_id)
                         commands += task_commands
+                    sent = [(task_id, r.task_name) for task_id, r in zip(chunk_ids, chunk, strict=True)]
                     with (
                         producer.channel.conn_or_acquire() as client,
                         client.pipeline(transaction=True) as pipe,
                     ):
-                        for name, args in pipeline_commands(commands):
-                            getattr(pipe, name)(*args)
+                        run_commands(
+                            pipe, pipeline_commands(commands) + sent_commands(self.app, self.url, sent)
+                        )
                         pipe.execute()
                     sent_ids.extend(chunk_ids)
+                    sent_after(self.app, self.url, sent, by_celery=False)
         except BrokerUnavailableError as exc:
             exc.sent_ids = sent_ids
             raise

@@ -62,7 +62,7 @@ return 1
 """
 )
 #: What the claim-and-publish script may run: the pushes and events of one message.
-_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish"})
+_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish", "xadd"})
 _REFUSALS = {
     2: "it has a stored result",
     3: "it was revoked",

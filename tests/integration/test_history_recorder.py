@@ -78,11 +78,12 @@ def recorder(stack: Stack) -> Iterator[ManagedProcess]:
 def test_success_row_and_transitions(stack: Stack, client: CeleryClient, recorder: ManagedProcess) -> None:
     result = client.submit("math.number_sum", kwargs={"x": 2, "y": 3})
     assert result.get(timeout=20) == 5
-    detail = _final(stack, result.id, "SUCCESS", events=3)
+    detail = _final(stack, result.id, "SUCCESS", events=4)
     assert detail.task == "math.number_sum" and detail.queue == "default"
     assert detail.result == "5" and detail.runtime_ms is not None
-    assert detail.received_at and detail.started_at and detail.finished_at
-    assert [e.type for e in detail.events] == ["received", "started", "succeeded"]
+    assert detail.sent_at and detail.received_at and detail.started_at and detail.finished_at
+    assert detail.sent_at <= detail.received_at
+    assert [e.type for e in detail.events] == ["sent", "received", "started", "succeeded"]
 
 
 def test_failure_row(stack: Stack, client: CeleryClient, recorder: ManagedProcess) -> None:

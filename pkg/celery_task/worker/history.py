@@ -11,7 +11,6 @@ for the next flush; it never fails a task or stops the worker. Warm shutdown flu
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import threading
@@ -24,7 +23,8 @@ import redis
 from celery import Celery
 from celery import signals as celery_signals
 
-from .._options import Options, options_of
+from .._options import options_of
+from .._sent import encode_record, stream_key
 
 __all__ = [
     "BUFFER_LIMIT",
@@ -49,13 +49,7 @@ TRACEBACK_LIMIT = 16_384
 #: Characters of an error message kept.
 MESSAGE_LIMIT = 2_048
 MASK = "***"
-#: One encoder for every record (``json.dumps`` with options builds one per call).
-_encode = json.JSONEncoder(default=repr, ensure_ascii=False).encode
-
-
-def stream_key(options: Options) -> str:
-    """The history stream's key for these options."""
-    return f"{options.key_prefix}history"
+_encode = encode_record
 
 
 def truncate(value: Any, limit: int) -> Any:
