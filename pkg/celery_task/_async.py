@@ -39,7 +39,11 @@ logger = logging.getLogger(__name__)
 #: asyncio's "read() called while another coroutine is already waiting" when a
 #: subscribe reconnects while the listener is reading. Waiting then falls back to
 #: re-reading the state, so none of these may reach a caller.
-_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RuntimeError)
+#: What the shared pub/sub connection may raise while Redis restarts. AttributeError too:
+#: redis-py's asyncio PubSub reconnects its one connection from whichever coroutine meets
+#: it dead, and a SUBSCRIBE sent meanwhile from another finds no writer
+#: (``'NoneType' object has no attribute 'writelines'``, seen once in a restart test).
+_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RuntimeError, AttributeError)
 _WAIT_ERRORS: tuple[type[BaseException], ...] = (*_PUBSUB_ERRORS, TimeoutError)
 
 

@@ -287,6 +287,43 @@ def test_overview_and_tasks_pages_load(page: Any, api: Api, client: Any, stack: 
     assert page.locator("h1").inner_text() == "Tasks"
 
 
+def test_tasks_pages_find_real_tasks_through_the_recorder(
+    page: Any, api: Api, stack: Any, tmp_path: Path
+) -> None:
+    """Against the real API, worker and a recorder: tasks submitted over HTTP appear on
+    the tasks page (search by id, filter by status) and on their own page with their
+    timeline and arguments."""
+    from tests.support.procs import service_env, start_history_recorder
+
+    marker = f"dash-real-{_word()}"
+    recorder = start_history_recorder(
+        service_env(stack.db, database_url=stack.database_url), stack.log_dir, f"dash-rec-{_word()}"
+    )
+    try:
+        ok = api.http.post("/api/v1/tasks?wait=20", json={"task": "tests.record", "args": [marker]})
+        bad = api.http.post("/api/v1/tasks?wait=20", json={"task": "math.number_sum", "args": [marker, 1]})
+        assert ok.json()["status"] == "SUCCESS" and bad.json()["status"] == "FAILURE", (ok.text, bad.text)
+        ok_id, bad_id = ok.json()["task_id"], bad.json()["task_id"]
+        _login(page)
+
+        def listed(query: str) -> list[str]:
+            page.goto(f"/dashboard/tasks?{query}")
+            return page.locator("tr.task-row").evaluate_all("rows => rows.map(r => r.dataset.taskId)")
+
+        wait_for(lambda: listed(f"q={bad_id}") == [bad_id], timeout=30, interval=0.5, what="the row")
+        assert listed(f"q={ok_id}") == [ok_id]
+        assert bad_id in listed("status=FAILURE&task=math.number_sum")
+        assert ok_id not in listed("status=FAILURE")
+        _shot(page, tmp_path, "tasks-real")
+        page.goto(f"/dashboard/tasks/{bad_id}")
+        text = page.locator("main").inner_text()
+        for part in (marker, "sent", "received", "started", "failed", "x must be a number"):
+            assert part in text, (part, text[:2000])
+        _shot(page, tmp_path, "task-real")
+    finally:
+        recorder.stop()
+
+
 def test_flower_runs_next_to_the_dashboard(api: Api, stack: Any, tmp_path: Path) -> None:
     """``./scripts/run --flower`` adds Flower on its own port; it answers while the
     dashboard serves, and sees the same worker."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from internal.models import TaskHistory, TaskTransition
 from tests.reliability.conftest import client_for
-from tests.support.procs import REPO_ROOT, ManagedProcess, migrate, service_env, start_worker, wait_for
+from tests.support.procs import (
+    migrate,
+    service_env,
+    start_history_recorder,
+    start_worker,
+    wait_for,
+)
 from tests.support.services import RedisDb, require_mariadb
 
 pytestmark = pytest.mark.integration
@@ -92,13 +97,6 @@ def _kill_connections_of(user: str) -> None:
     asyncio.run(go())
 
 
-def _recorder(env: dict[str, str], log_dir: Path, name: str) -> ManagedProcess:
-    argv = [sys.executable, str(REPO_ROOT / "scripts/run_history_recorder.py"), "--consumer", name]
-    proc = ManagedProcess(name, argv, env, log_dir).start()
-    proc.wait_for_log(r"history recorder \S+ reading", timeout=30)
-    return proc
-
-
 def _run_tasks(redis_url: str, queue: str) -> list[str]:
     """Submit TASKS sums and wait for every result; their ids."""
     client = client_for(redis_url)
@@ -154,7 +152,7 @@ def test_recorder_stopped_20s_while_500_tasks_run_loses_no_row(
     migrate(url)
     env = service_env(redis_db, database_url=url, extra={"HISTORY_ENABLED": "true"})
     worker = start_worker(f"outage-{unique}", env, logs, queues=[queue], concurrency=2)
-    recorder = _recorder(env, logs, f"rec-{unique}")
+    recorder = start_history_recorder(env, logs, f"rec-{unique}")
     try:
         assert recorder.stop() == 0
         stopped = time.monotonic()
@@ -178,7 +176,7 @@ def test_database_refusing_writes_20s_while_500_tasks_run_loses_no_row(
     migrate(url)
     env = service_env(redis_db, database_url=url, extra={"HISTORY_ENABLED": "true"})
     worker = start_worker(f"dbout-{unique}", env, logs, queues=[queue], concurrency=2)
-    recorder = _recorder(env, logs, f"dbrec-{unique}")
+    recorder = start_history_recorder(env, logs, f"dbrec-{unique}")
     try:
         _run(MARIADB_ROOT, f"REVOKE ALL PRIVILEGES ON {name}.* FROM '{user}'@'%'")
         _kill_connections_of(user)

@@ -6,7 +6,6 @@ retention sweep deletes old rows only."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from internal.services.history import HistoryNotFoundError, get_task_history
 from internal.services.history_recorder import apply_records, delete_older_than
 from pkg.celery_task import CeleryClient
 from tests.conftest import Stack
-from tests.support.procs import REPO_ROOT, ManagedProcess, service_env, wait_for
+from tests.support.procs import ManagedProcess, service_env, start_history_recorder, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,11 +60,7 @@ def _final(stack: Stack, task_id: str, status: str, timeout: float = 30, events:
 
 
 def _recorder(stack: Stack, name: str) -> ManagedProcess:
-    env = service_env(stack.db, database_url=stack.database_url)
-    argv = [sys.executable, str(REPO_ROOT / "scripts/run_history_recorder.py"), "--consumer", name]
-    proc = ManagedProcess(name, argv, env, stack.log_dir).start()
-    proc.wait_for_log(r"history recorder \S+ reading", timeout=30)
-    return proc
+    return start_history_recorder(service_env(stack.db, database_url=stack.database_url), stack.log_dir, name)
 
 
 @pytest.fixture(scope="module")

@@ -211,6 +211,14 @@ def start_beat(name: str, env: Mapping[str, str], log_dir: Path, *, wait_lock: b
     return proc
 
 
+def start_history_recorder(env: Mapping[str, str], log_dir: Path, name: str = "recorder") -> ManagedProcess:
+    """Start ``scripts/run_history_recorder.py`` as consumer ``name`` and wait until it reads."""
+    argv = [sys.executable, str(REPO_ROOT / "scripts/run_history_recorder.py"), "--consumer", name]
+    proc = ManagedProcess(name, argv, env, log_dir).start()
+    proc.wait_for_log(r"history recorder \S+ reading", timeout=30)
+    return proc
+
+
 def migrate(database_url: str) -> None:
     """Run ``alembic upgrade head`` on ``database_url``."""
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)}
