@@ -39,9 +39,10 @@ def _types_after(stack: Stack, task_id: str, *needed: str) -> list[dict[str, Any
 def test_success_records_received_started_succeeded(stack: Stack, client: CeleryClient) -> None:
     result = client.submit("math.number_sum", kwargs={"x": 2, "y": 3})
     assert result.get(timeout=20) == 5
-    records = _types_after(stack, result.id, "received", "started", "succeeded")
-    assert [r["type"] for r in records] == ["received", "started", "succeeded"]
-    received, started, succeeded = records
+    records = _types_after(stack, result.id, "sent", "received", "started", "succeeded")
+    assert [r["type"] for r in records] == ["sent", "received", "started", "succeeded"]
+    sent, received, started, succeeded = records
+    assert sent["task"] == "math.number_sum" and sent["at"] <= received["at"]
     assert received["task"] == "math.number_sum" and received["queue"] == "default"
     assert received["worker"].startswith("stack-worker@")
     assert received["kwargs"] == {"x": 2, "y": 3}
@@ -79,5 +80,6 @@ def test_large_args_truncated(stack: Stack, client: CeleryClient, unique: str) -
     key = f"history-rec-{unique}"
     result = client.submit("tests.record", (key, "x" * 20_000))
     result.get(timeout=20)
-    received = _types_after(stack, result.id, "received", "succeeded")[0]
+    records = _types_after(stack, result.id, "received", "succeeded")
+    (received,) = [r for r in records if r["type"] == "received"]
     assert set(received["args"]) == {"truncated"} and len(received["args"]["truncated"]) <= 4096
