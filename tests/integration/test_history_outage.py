@@ -112,7 +112,7 @@ def _caught_up(url: str, ids: list[str], since: float, what: str) -> dict[str, f
 
     def done() -> tuple[int, int, int] | None:
         counts = _counts(url, ids)
-        return counts if counts[1] == len(ids) and counts[2] >= 3 * len(ids) else None
+        return counts if counts[1] == len(ids) and counts[2] >= 4 * len(ids) else None
 
     rows, succeeded, transitions = wait_for(done, 120, interval=0.5, what=what)
     figures = {
@@ -165,7 +165,7 @@ def test_recorder_stopped_20s_while_500_tasks_run_loses_no_row(
         recorder.stop()
         worker.stop()
     assert figures["rows"] == figures["succeeded"] == TASKS
-    assert figures["transitions"] == 3 * TASKS  # received, started, succeeded; none twice
+    assert figures["transitions"] == 4 * TASKS  # sent, received, started, succeeded; none twice
 
 
 def test_database_refusing_writes_20s_while_500_tasks_run_loses_no_row(
@@ -193,4 +193,4 @@ def test_database_refusing_writes_20s_while_500_tasks_run_loses_no_row(
         recorder.stop()
         worker.stop()
     assert figures["rows"] == figures["succeeded"] == TASKS
-    assert figures["transitions"] == 3 * TASKS
+    assert figures["transitions"] == 4 * TASKS
