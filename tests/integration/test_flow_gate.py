@@ -204,3 +204,15 @@ def test_past_max_held_the_consumer_fetches_no_more(gate: FlowGate, monkeypatch:
     assert gate.admit(requests[4]) is False
     gate.settled(requests[1].message.delivery_tag)
     assert gate.admit(requests[4]) is True and consumer.qos.extra == 1, "an unreplaced one gives back nothing"
+
+
+def test_an_ack_takes_the_leases_to_drop_with_it(gate: FlowGate) -> None:
+    keys = FlowKeys("tasksys:")
+    request = _request("gate.slots", 1, "k")
+    assert gate.admit(request) is True
+    taken = gate.take_for_ack(request.message.delivery_tag)
+    assert sorted(taken) == sorted(
+        [(keys.slots("gate.slots"), request.id), (keys.slots("gate.slots", "k"), request.id)]
+    )
+    assert gate.take_for_ack(request.message.delivery_tag) == [], "taken once"
+    assert gate._redis.zcard(keys.slots("gate.slots")) == 1, "the ack's own script drops them"

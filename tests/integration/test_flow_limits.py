@@ -149,6 +149,12 @@ def test_concurrency_limit_across_workers(workers: Workers, client: CeleryClient
     assert len(records) == 12
     print(f"concurrency_limit=3: most running at once {_max_overlap(records)}")
     assert _max_overlap(records) == 3, records
+    from tests.support.tasks import test_redis
+
+    # Every slot was given back with its task's acknowledgement (none left to expire).
+    wait_for(
+        lambda: test_redis().zcard("tasksys:flow:slots:g:flow.limited") == 0, timeout=5, what="slots freed"
+    )
 
 
 def test_one_run_per_key_at_a_time(workers: Workers, client: CeleryClient, unique: str) -> None:

@@ -281,12 +281,31 @@ class FlowGate:
 
     # -- leases ----------------------------------------------------------------------
 
-    def settled(self, delivery_tag: Any) -> None:
-        """A message was acknowledged or rejected: give its slots back."""
+    @cached_property
+    def _leases_on_broker(self) -> bool:
+        """The leases live on the broker's Redis, so the ack's own script can drop them."""
+        return options_of(self.app).redis_url == str(self.app.conf.broker_url)
+
+    def take_for_ack(self, delivery_tag: Any) -> list[tuple[str, str]]:
+        """A message is being acknowledged: its slot leases for the ack's script to
+        drop (none if they live on another Redis: those are released here)."""
         with self._lease_lock:
             leases = self._leases.pop(delivery_tag, None)
         if not leases:
-            return
+            return []
+        if self._leases_on_broker:
+            return leases
+        self._release(leases)
+        return []
+
+    def settled(self, delivery_tag: Any) -> None:
+        """A message was rejected (or returned): give its slots back."""
+        with self._lease_lock:
+            leases = self._leases.pop(delivery_tag, None)
+        if leases:
+            self._release(leases)
+
+    def _release(self, leases: list[tuple[str, str]]) -> None:
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 for key, member in leases:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -23,7 +23,8 @@ __all__ = ["ALLOW_OOM", "OOM_BACKOFF_MAX", "ScriptedQoS", "retry_out_of_memory",
 logger = logging.getLogger(__name__)
 
 # The unacked bookkeeping of kombu's Redis QoS (ZADD+HSET on delivery, ZREM+HDEL on
-# ack), each as one atomic script call instead of a MULTI/EXEC of four commands.
+# ack), each as one atomic script call instead of a MULTI/EXEC of four commands. The ack
+# also drops the message's flow-control slot leases (KEYS[3..], members ARGV[2..]).
 _HOLD_SCRIPT = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
@@ -31,6 +32,9 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 _RELEASE_SCRIPT = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+    redis.call('ZREM', KEYS[i], ARGV[i - 1])
+end
 """
 # Requeue a held message: KEYS[1] index, KEYS[2] hash, KEYS[3..] destination lists;
 # ARGV[1] tag, ARGV[2] payload, ARGV[3] '1' to LPUSH (kombu's "leftmost"), else RPUSH.
@@ -78,8 +82,9 @@ class ScriptedQoS(kombu_redis.QoS):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        #: Told of every settled message (``settled(tag)``) and renewed by the
-        #: heartbeat (``renew(now)``): the flow gate's slot leases.
+        #: The flow gate's slot leases: dropped with the ack when they live on this
+        #: Redis (``take_for_ack(tag)``), else by the holder; given back on a reject
+        #: (``settled(tag)``); renewed by the heartbeat (``renew(now)``).
         self.lease_holders: list[Any] = []
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -98,9 +103,9 @@ class ScriptedQoS(kombu_redis.QoS):
         hold_in_memory(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self._release(delivery_tag)
+        leases = [lease for holder in self.lease_holders for lease in holder.take_for_ack(delivery_tag)]
+        self._release(delivery_tag, leases)
         release_in_memory(self, delivery_tag)
-        self._settled(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
@@ -114,12 +119,13 @@ class ScriptedQoS(kombu_redis.QoS):
         for holder in self.lease_holders:
             holder.settled(delivery_tag)
 
-    def _release(self, delivery_tag: str) -> None:
+    def _release(self, delivery_tag: str, leases: Sequence[tuple[str, str]] = ()) -> None:
+        keys = [self.unacked_index_key, self.unacked_key, *(key for key, _ in leases)]
+        args = [delivery_tag, *(member for _, member in leases)]
+
         def release() -> None:
             with self.channel.conn_or_acquire() as client:
-                self.channel.script(client, "release", _RELEASE_SCRIPT)(
-                    keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
-                )
+                self.channel.script(client, "release", _RELEASE_SCRIPT)(keys=keys, args=args, client=client)
 
         retry_out_of_memory(f"acknowledging message {delivery_tag}", release)
 
