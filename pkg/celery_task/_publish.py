@@ -71,9 +71,7 @@ class Publisher:
             with self.claims.held([validated]):
                 return self.publish(validated)
         with unreachable(f"could not send task {validated.task_name!r}", self.url):
-            channel = self._channel_publisher()
-            with channel.lock:
-                task_id, commands = channel.factory.build(validated)
+            _, task_id, commands = self._build(validated)
             sent = [(task_id, validated.task_name)]
             self.claims.claim_and_publish(
                 validated, pipeline_commands(commands) + sent_commands(self.app, self.url, sent)
@@ -90,9 +88,7 @@ class Publisher:
             self.claims.held([validated]) as claimed,
             unreachable(f"could not send task {request.task_name!r}", self.url),
         ):
-            channel = self._channel_publisher()
-            with channel.lock:
-                task_id, commands = channel.factory.build(validated)
+            _, task_id, commands = self._build(validated)
             record = sent_commands(self.app, self.url, [(task_id, validated.task_name)])
             task_id, sent = self.dedupe.send(
                 self.dedupe.client(), task_id, validated.task_name, dedupe, commands + record
@@ -108,9 +104,7 @@ class Publisher:
         if not self.fast_path_ok([request]):
             return self.send_task(request)
         with unreachable(f"could not send task {request.task_name!r}", self.url):
-            channel = self._channel_publisher()
-            with channel.lock:
-                task_id, commands = channel.factory.build(request)
+            channel, task_id, commands = self._build(request)
             sent = [(task_id, request.task_name)]
             with channel.channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
                 run_commands(pipe, commands + sent_commands(self.app, self.url, sent))
@@ -182,6 +176,13 @@ class Publisher:
             exc.sent_ids = sent_ids
             raise
         return sent_ids
+
+    def _build(self, request: TaskRequest) -> tuple[ChannelPublisher, str, list[tuple[str, tuple[Any, ...]]]]:
+        """The long-lived channel, and the task id and Redis commands of ``request``."""
+        channel = self._channel_publisher()
+        with channel.lock:
+            task_id, commands = channel.factory.build(request)
+        return channel, task_id, commands
 
     def _channel_publisher(self) -> ChannelPublisher:
         with self._lock:

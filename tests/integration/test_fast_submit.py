@@ -406,3 +406,12 @@ def test_a_flow_key_header_takes_the_fast_path_and_equals_send_task(
     for message in drain(redis_db):
         assert message["_key"] == reference["_key"]
         same(message, reference)
+
+
+def test_fifty_threads_submitting_at_once_all_succeed(client: CeleryClient, redis_db: RedisDb) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(50) as pool:
+        ids = list(pool.map(lambda n: client.submit("math.number_sum", [n, 1]).id, range(200)))
+    assert len(set(ids)) == 200
+    assert len(drain(redis_db)) == 200

@@ -52,6 +52,9 @@ def worker_conf(redis_broker: bool) -> dict[str, Any]:
             "unacked_mutex_key": "tasksys:unacked_mutex",
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
+            # kombu's default of 10 per channel pool made the 11th of 50 threads that
+            # submit at once fail with "Too many connections"; 100 covers a thread pool.
+            "max_connections": 100,
             "health_check_interval": HEALTH_CHECK_INTERVAL,
         }
     return conf
