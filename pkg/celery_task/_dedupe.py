@@ -34,7 +34,7 @@ from celery import Celery
 
 from . import _compat
 from ._errors import InvalidRequestError
-from ._fastpath import FAST_OPTIONS, Command, _request_supported
+from ._fastpath import FAST_OPTIONS, RUN_COMMANDS_LUA, Command, _request_supported, script_args
 from ._limits import check_entry_name, check_seconds
 from ._options import options_of
 from ._redis import is_redis_url
@@ -63,28 +63,25 @@ DEFAULT_DEDUPE_TTL = 3600.0
 MIN_DEDUPE_TTL = 1.0
 MAX_DEDUPE_TTL = timedelta(days=30).total_seconds()
 
-#: The Redis commands the fast path emits for one message (kombu's Redis channel).
-_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish", "xadd"})
-
 # KEYS: dedupe key, owner key of the new task, counts hash. ARGV: task id, TTL in ms,
 # task name, dedupe key name, then per command: name, argument count, arguments.
 # The commands run before the key is taken: if one fails, nothing is held.
-_SUBMIT_SCRIPT = """
+_SUBMIT_SCRIPT = (
+    """
 local owner = redis.call('GET', KEYS[1])
 if owner then
   redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
   return {0, owner}
 end
 local i = 5
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
-  i = i + 2 + n
-end
+"""
+    + RUN_COMMANDS_LUA
+    + """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
 return {1, ARGV[1]}
 """
+)
 
 # KEYS: owner key of the task, its dedupe key ('' = the one the owner key names).
 # ARGV: task id, prefix of dedupe keys. Deletes the key only if this task holds it.
@@ -244,20 +241,14 @@ class Deduplicator:
     def _script_call(
         self, task_id: str, task_name: str, dedupe: Dedupe, commands: Sequence[Command]
     ) -> tuple[list[str], list[Any]]:
-        prefix = self.prefix
-        keys = [f"{prefix}dedupe:{dedupe.key}", f"{prefix}dedupe-task:{task_id}", f"{prefix}dedupe-counts"]
-        args: list[Any] = [task_id, dedupe.ttl_ms, task_name, dedupe.key]
-        pushed = False
-        for name, command_args in commands:
-            if name not in _PUBLISH_COMMANDS:
-                raise RuntimeError(f"unexpected publish command {name!r} for a deduplicated submit")
-            if name == "lpush":
-                command_args = (command_args[0], *(_add_header(p, dedupe.key) for p in command_args[1:]))
-                pushed = True
-            args += [name, len(command_args), *command_args]
-        if not pushed:
+        keys = [self.key(dedupe.key), self.owner_key(task_id), self.counts_key]
+        marked = [
+            (name, (args[0], *(_add_header(p, dedupe.key) for p in args[1:])) if name == "lpush" else args)
+            for name, args in commands
+        ]
+        if not any(name == "lpush" for name, _ in marked):
             raise RuntimeError("a deduplicated submit built no queue push")
-        return keys, args
+        return keys, [task_id, dedupe.ttl_ms, task_name, dedupe.key, *script_args(marked)]
 
     @staticmethod
     def _answer(answer: Sequence[Any]) -> tuple[str, bool]:

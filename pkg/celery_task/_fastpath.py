@@ -33,12 +33,15 @@ from ._request import TaskRequest, json_text
 
 __all__ = [
     "FAST_OPTIONS",
+    "RUN_COMMANDS_LUA",
+    "SCRIPT_COMMANDS",
     "CommandBuffer",
     "MessageFactory",
     "PreparedTask",
     "fast_path_supports",
     "pipeline_commands",
     "prepare_task",
+    "script_args",
 ]
 
 
@@ -438,6 +441,31 @@ class MessageFactory:
     def _encode_body(self, text: str, body_encoding: str | None) -> Any:
         encoded, _ = self.channel.encode_body(text, body_encoding)  # type: ignore[no-untyped-call]
         return encoded
+
+
+#: The commands one message's publish may run inside a Lua script: kombu's Redis
+#: channel's (push, queue expiry, task-sent event) and the history ``sent`` record.
+SCRIPT_COMMANDS = frozenset({"lpush", "pexpire", "publish", "xadd"})
+
+#: Lua that runs the commands :func:`script_args` flattened into ``ARGV`` from the
+#: local ``i`` on: per command its name, argument count and arguments.
+RUN_COMMANDS_LUA = """
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 1])
+  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + count))
+  i = i + 2 + count
+end
+"""
+
+
+def script_args(commands: Iterable[Command]) -> list[Any]:
+    """``commands`` flattened for :data:`RUN_COMMANDS_LUA`; only :data:`SCRIPT_COMMANDS`."""
+    args: list[Any] = []
+    for name, command_args in commands:
+        if name not in SCRIPT_COMMANDS:
+            raise RuntimeError(f"unexpected publish command {name!r} inside a script")
+        args += [name, len(command_args), *command_args]
+    return args
 
 
 def pipeline_commands(commands: list[Command]) -> list[Command]:

@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from ._errors import InvalidRequestError, unreachable
-from ._limits import MAX_ENTRY_NAME_LENGTH, check_entry_name, shown
+from ._limits import check_entry_name, shown
 from ._options import options_of
 from ._redis import clients_for
 
@@ -156,10 +156,6 @@ def _text(rate: Rate | None) -> str | None:
 def check_flow_key(value: Any, *, field: str = "flow_key") -> str:
     """A ``flow_key``: the periodic-name rule (1-200 letters, digits, ``_ . : - * / , +``
     and inner spaces), so it can never reach outside its own Redis keys."""
-    if isinstance(value, str) and len(value) > MAX_ENTRY_NAME_LENGTH:
-        raise InvalidRequestError(
-            f"{field} must be at most {MAX_ENTRY_NAME_LENGTH} characters; got {len(value)}", field=field
-        )
     return check_entry_name(value, field=field)
 
 

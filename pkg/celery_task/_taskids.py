@@ -21,6 +21,7 @@ import redis.asyncio
 from celery import Celery, states
 
 from ._errors import InvalidRequestError, TaskIdInUseError, unreachable
+from ._fastpath import RUN_COMMANDS_LUA, script_args
 from ._options import options_of
 from ._redis import RedisClients
 from ._request import TaskRequest
@@ -50,19 +51,8 @@ _CLAIM_SCRIPT = _CLAIM_CHECKS + "if claimed then return 1 end\nreturn 4\n"
 # a crash, and the outbox relay, can trust a claim to mean "sent". KEYS and ARGV[1..4]
 # as the claim script; then per command: name, argument count, arguments.
 _CLAIM_AND_PUBLISH_SCRIPT = (
-    _CLAIM_CHECKS
-    + """if not claimed then return 4 end
-local i = 5
-while i <= #ARGV do
-  local name, count = ARGV[i], tonumber(ARGV[i + 1])
-  redis.call(name, unpack(ARGV, i + 2, i + 1 + count))
-  i = i + 2 + count
-end
-return 1
-"""
+    _CLAIM_CHECKS + "if not claimed then return 4 end\nlocal i = 5\n" + RUN_COMMANDS_LUA + "return 1\n"
 )
-#: What the claim-and-publish script may run: the pushes and events of one message.
-_PUBLISH_COMMANDS = frozenset({"lpush", "pexpire", "publish", "xadd"})
 _REFUSALS = {
     2: "it has a stored result",
     3: "it was revoked",
@@ -184,11 +174,7 @@ class TaskIdClaims:
         one script (:meth:`claims_with_broker` must hold); :class:`TaskIdInUseError`
         if the id is known, and then nothing is sent."""
         keys, args = self._call(request)
-        for name, command_args in commands:
-            if name not in _PUBLISH_COMMANDS:
-                raise RuntimeError(f"unexpected publish command {name!r} with a task id claim")
-            args += [name, len(command_args), *command_args]
-        answer = self._publish_script(keys=keys, args=args, client=self.redis.state())
+        answer = self._publish_script(keys=keys, args=args + script_args(commands), client=self.redis.state())
         self._settle([request.options["task_id"]], [answer])
 
     @cached_property

@@ -24,7 +24,8 @@ from celery import Celery
 from celery import signals as celery_signals
 
 from .._options import options_of
-from .._sent import encode_record, stream_key
+from .._sent import encode_record as _encode
+from .._sent import stream_key
 
 __all__ = [
     "BUFFER_LIMIT",
@@ -49,7 +50,6 @@ TRACEBACK_LIMIT = 16_384
 #: Characters of an error message kept.
 MESSAGE_LIMIT = 2_048
 MASK = "***"
-_encode = encode_record
 
 
 def truncate(value: Any, limit: int) -> Any:
