@@ -56,6 +56,46 @@ def test_sigkill_a_worker_mid_run_and_restart_it(redis_db: RedisDb, session_tmp:
     assert figures["duplicated"] <= 4  # at most what the killed worker was running
 
 
+#: A process that takes a message and the unacked-restore lock, then dies by SIGKILL:
+#: a worker killed in the middle of a restore, with a message of its own held.
+_DIE_IN_RESTORE = """
+import os, signal, sys
+from tests.reliability.conftest import client_for
+client = client_for(sys.argv[1])
+with client.app.connection_for_read() as conn:
+    channel = conn.default_channel
+    assert channel.basic_get(sys.argv[2], no_ack=False) is not None
+    qos = channel.qos
+    with channel.conn_or_acquire() as redis_client:
+        lock = redis_client.lock(qos.unacked_mutex_key, timeout=qos.unacked_mutex_expire)
+        assert lock.acquire(blocking=False)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_killed_inside_a_restore_does_not_stop_restores(
+    redis_db: RedisDb, session_tmp: Path, unique: str
+) -> None:
+    queue, key = f"mutex-{unique}", f"mutex-runs-{unique}"
+    env, logs = _env(redis_db, session_tmp), session_tmp / "mutex"
+    client = client_for(redis_db.url)
+    task_id = client.submit("tests.work", [10, key], queue=queue).id
+    argv = [sys.executable, "-c", _DIE_IN_RESTORE, redis_db.url, queue]
+    died = ManagedProcess("die-in-restore", argv, env, logs)
+    assert died.start().wait(timeout=60) == -signal.SIGKILL
+    assert redis_db.client.llen(key) == 0
+    started = time.monotonic()
+    worker = start_worker(f"mutex-{unique}", env, logs, queues=[queue], concurrency=1)
+    try:
+        # kombu's default lock expiry (300 s) kept it out for five minutes; the visibility
+        # timeout (10 s) plus our lock expiry and a restore interval bound it now.
+        ran = [task_id.encode()]
+        wait_for(lambda: redis_db.client.lrange(key, 0, -1) == ran, timeout=90, what="the restore")
+    finally:
+        assert worker.stop() == 0
+    print(f"\n[killed inside a restore] task ran {time.monotonic() - started:.1f} s after the kill")
+
+
 def test_warm_shutdown_finishes_running_tasks_and_runs_shutdown_hooks(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:

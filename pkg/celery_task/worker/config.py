@@ -29,6 +29,10 @@ BACKEND_PATH = f"{TimedRedisBackend.__module__}:{TimedRedisBackend.__qualname__}
 CONSUMER_STEPS = (UnackedHeartbeat, DurableRevokes, EventBatching, TimerCompaction)
 
 
+#: Seconds the unacked-restore lock outlives a worker that died holding it.
+UNACKED_MUTEX_EXPIRE = 5
+
+
 def worker_conf(redis_broker: bool) -> dict[str, Any]:
     """The Celery configuration keys of the worker side: its consumer, and on a Redis
     broker (``redis_broker``) our transport with its options."""
@@ -50,6 +54,10 @@ def worker_conf(redis_broker: bool) -> dict[str, Any]:
             "unacked_key": "tasksys:unacked",
             "unacked_index_key": "tasksys:unacked_index",
             "unacked_mutex_key": "tasksys:unacked_mutex",
+            # kombu holds this lock while it restores, for up to 300 s by default: a
+            # worker killed inside a restore stopped every restore for five minutes.
+            # Restores are WATCH transactions per message, so two at once are safe.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             # kombu's default of 10 per channel pool made the 11th of 50 threads that
