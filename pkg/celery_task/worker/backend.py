@@ -9,7 +9,9 @@ atomic round trip, and writes STARTED only for tasks that are still running.
 - With ``task_track_started`` every task writes STARTED, and a short task overwrites
   it a few milliseconds later. STARTED is written once the task has run for
   ``tasksys_started_delay`` seconds (0: at once, as Celery does); any later state of
-  the task cancels a pending STARTED, so STARTED never lands after it.
+  the task cancels a pending STARTED, so STARTED never lands after it; and a stored
+  final state (also one another process wrote, like the API's REVOKED) is never
+  replaced by a state that is not final.
 - When Redis is out of memory (``maxmemory``, ``noeviction``) a store is retried with
   capped backoff for ``tasksys_store_oom_retry_period`` seconds (default 600). If it
   still cannot be stored, a pool process exits instead of reporting: its message is
@@ -43,14 +45,20 @@ logger = logging.getLogger(__name__)
 #: Exit status of a pool process that could not store a result (EX_TEMPFAIL).
 STORE_FAILED_EXIT = 75
 
-#: KEYS[1] result key; ARGV[1] encoded meta; ARGV[2] expiry in seconds (0: none).
-#: Returns 0 (and writes nothing) when the stored state is already SUCCESS.
+#: KEYS[1] result key; ARGV[1] encoded meta; ARGV[2] expiry in seconds (0: none);
+#: ARGV[3] '1' when the state written is not final (STARTED, PROGRESS, RETRY...).
+#: Returns 0 (and writes nothing) when the stored state is already SUCCESS, or final
+#: (SUCCESS, FAILURE, REVOKED) and the state written is not: a STARTED written late
+#: by another thread or process (the API stored REVOKED) never undoes a final state.
 STORE_UNLESS_SUCCESS = """
 local current = redis.call('GET', KEYS[1])
 if current then
     local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-        return 0
+    if ok and type(meta) == 'table' then
+        local status = meta['status']
+        if status == 'SUCCESS' or (ARGV[3] == '1' and (status == 'FAILURE' or status == 'REVOKED')) then
+            return 0
+        end
     end
 end
 if tonumber(ARGV[2]) > 0 then
@@ -102,11 +110,11 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         key = self.get_key_for_task(task_id)
         deferred = self._deferred_started()
         if state == states.STARTED and deferred is not None:
-            deferred.add(key, (key, value, expires))
+            deferred.add(key, (key, value, expires, True))
             return result
         if deferred is not None:
             deferred.cancel(key)
-        self.ensure(self._store_unless_success, (key, value, expires))
+        self.ensure(self._store_unless_success, (key, value, expires, state not in self.READY_STATES))
         return result
 
     def _deferred_started(self) -> _DeferredWrites | None:
@@ -120,7 +128,7 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
             )
         return deferred
 
-    def _store_unless_success(self, key: bytes, value: str, expires: Any) -> None:
+    def _store_unless_success(self, key: bytes, value: str, expires: Any, progress: bool = False) -> None:
         seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
         # Only workers wait for memory; a producer (the API's revoke) answers at once.
         options = options_of(self.app)
@@ -129,7 +137,7 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         delay, warned_at = 0.05, 0.0
         while True:
             try:
-                self._store_script(keys=[key], args=[value, seconds])
+                self._store_script(keys=[key], args=[value, seconds, "1" if progress else "0"])
                 return
             except redis.exceptions.OutOfMemoryError as exc:
                 now = time.monotonic()
