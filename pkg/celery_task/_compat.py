@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import inspect
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -46,6 +47,9 @@ def use_redbeat_client(app: Any, client: Any, retry_period: float | None) -> Non
 #   any hook can see it; a body that is not JSON raises out of the worker's event loop
 #   and the popped message is lost. :func:`brpop_reply` and :func:`brpop_done` are the
 #   two halves of that method around the parse, so the channel can parse it safely.
+#   BRPOP itself pops a message the worker has not recorded yet: killed between the
+#   pop and the record, the message was gone. ``_brpop_start`` (kombu's sender of
+#   BRPOP) is replaced by a script that pops and records in one step.
 # - Celery's ``WorkController._process_task`` hands a request to the pool, inside the
 #   pool-slot semaphore (``_process_task_sem`` / ``_quick_release``); an error there
 #   escapes the event loop and stops the worker. :func:`guard_process_task` wraps it,
@@ -76,10 +80,14 @@ def use_redbeat_client(app: Any, client: Any, retry_period: float | None) -> Non
 #   also passes the pool's credential provider on, which ``Client(connection_pool=)``
 #   would drop; ``Channel._pool`` (:func:`channel_pool`) is read without building a
 #   pool, which the public ``pool`` property would do on a closed channel.
-# - The channel overrides two private kombu methods: ``_brpop_read`` (see above) and
-#   ``_get_message_priority``, the one place kombu maps a priority to a sub-queue, for
-#   both publish and restore (:func:`stock_message_priority` is kombu's mapping). A
-#   read message reaches the consumer through ``Transport._deliver`` (:func:`deliver`).
+# - The channel overrides three private kombu methods: ``_brpop_start`` and
+#   ``_brpop_read`` (see above), and ``_get_message_priority``, the one place kombu
+#   maps a priority to a sub-queue, for both publish and restore
+#   (:func:`stock_message_priority` is kombu's mapping). A read message reaches the
+#   consumer through ``Transport._deliver`` (:func:`deliver`). In place of BRPOP the
+#   poll connection sends a fetch script (:func:`send_poll_command`) on the keys BRPOP
+#   would wait on (:func:`poll_queue_keys`), and its reply is read as kombu reads
+#   BRPOP's (:func:`poll_reply`, :func:`rotate_queue`, :func:`brpop_done`).
 # - Celery's revoke list is the module-global ``celery.worker.state.revoked``; its expiry
 #   (:func:`set_revoke_expiry`) has no setting; :func:`merge_revoked` and
 #   :func:`task_ready` are the worker-state calls Celery's own consumer makes.
@@ -102,24 +110,69 @@ KOMBU_BRPOP_READ_STEPS: tuple[str, ...] = (
 )
 
 
-def brpop_reply(channel: Any, **options: Any) -> tuple[str, bytes] | None:
-    """Read the reply of the BRPOP the channel sent: ``(queue, raw message)`` or
-    ``None`` (timed out). On a connection error the connection is dropped so the next
-    poll reconnects, as kombu does."""
+def poll_reply(channel: Any, command: str, **options: Any) -> Any:
+    """Read the reply of the command the channel's poll connection sent. On a
+    connection error the connection is dropped so the next poll reconnects, as kombu
+    does."""
     client = channel.client
     try:
-        reply = client.parse_response(client.connection, "BRPOP", **options)
+        return client.parse_response(client.connection, command, **options)
     except channel.connection_errors:
         client.connection.disconnect()
         raise
+
+
+def rotate_queue(channel: Any, queue: str) -> None:
+    """Move ``queue`` to the end of the channel's round robin (it was just served)."""
+    channel._queue_cycle.rotate(queue)
+
+
+def brpop_reply(channel: Any, **options: Any) -> tuple[str, bytes] | None:
+    """Read the reply of the BRPOP the channel sent: ``(queue, raw message)`` or
+    ``None`` (timed out)."""
+    reply = poll_reply(channel, "BRPOP", **options)
     if not reply:
         return None
     dest, item = reply
     if isinstance(dest, bytes):
         dest = dest.decode(errors="replace")
     queue = str(dest).rsplit(channel.sep, 1)[0]
-    channel._queue_cycle.rotate(queue)
+    rotate_queue(channel, queue)
     return queue, item
+
+
+def poll_queue_keys(channel: Any) -> list[tuple[str, str]]:
+    """``(queue, list key)`` pairs of the keys kombu's BRPOP would wait on next, in its
+    order (priority steps first, queues in round robin); ``[]`` when it consumes none."""
+    queues = channel._queue_cycle.consume(len(channel.active_queues))
+    steps = channel.priority_steps
+    return [(queue, channel._q_for_pri(queue, pri)) for pri in steps for queue in queues or ()]
+
+
+def kombu_brpop_start(channel: Any, timeout: float | None = None) -> None:
+    """kombu's own ``_brpop_start``: send BRPOP on the channel's poll connection."""
+    kombu_redis.Channel._brpop_start(channel, timeout)  # type: ignore[no-untyped-call]
+
+
+#: The statements of kombu's ``Channel._brpop_start`` that :func:`poll_queue_keys` and
+#: :func:`send_poll_command` reproduce (the pinning test checks kombu still has them).
+KOMBU_BRPOP_START_STEPS: tuple[str, ...] = (
+    "queues = self._queue_cycle.consume(len(self.active_queues))",
+    "keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps",
+    "self._in_poll = self.client.connection",
+    "self._brpop_sent_at = monotonic()",
+    "self.client.connection.send_command(*command_args)",
+)
+
+
+def send_poll_command(channel: Any, *args: Any) -> None:
+    """Send ``args`` on the channel's poll connection in place of kombu's BRPOP; its
+    reply is read by ``_brpop_read`` when the socket is readable, and the BRPOP health
+    check times it from now."""
+    connection = channel.client.connection
+    channel._in_poll = connection
+    channel._brpop_sent_at = time.monotonic()
+    connection.send_command(*args)
 
 
 def brpop_done(channel: Any) -> None:

@@ -96,6 +96,45 @@ def test_a_worker_killed_inside_a_restore_does_not_stop_restores(
     print(f"\n[killed inside a restore] task ran {time.monotonic() - started:.1f} s after the kill")
 
 
+#: A consumer that dies by SIGKILL the moment a popped message reaches it, before any
+#: of its own code (kombu's included) could record it: BRPOP lost such a message.
+_DIE_AFTER_POP = """
+import os, signal, sys
+from kombu import Queue
+from pkg.celery_task.worker.messages import SafeMessage
+from pkg.celery_task.worker.transport import PriorityRedisChannel
+from tests.reliability.conftest import client_for
+
+class Dying(SafeMessage):
+    def __init__(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PriorityRedisChannel.Message = Dying
+client = client_for(sys.argv[1])
+with client.app.connection_for_read() as conn, conn.Consumer(Queue(sys.argv[2]), callbacks=[print]):
+    conn.drain_events(timeout=30)
+"""
+
+
+def test_a_worker_killed_right_after_a_pop_loses_nothing(
+    redis_db: RedisDb, session_tmp: Path, unique: str
+) -> None:
+    queue, key = f"pop-{unique}", f"pop-runs-{unique}"
+    env, logs = _env(redis_db, session_tmp), session_tmp / "pop"
+    client = client_for(redis_db.url)
+    task_id = client.submit("tests.work", [10, key], queue=queue).id
+    argv = [sys.executable, "-c", _DIE_AFTER_POP, redis_db.url, queue]
+    assert ManagedProcess("die-after-pop", argv, env, logs).start().wait(timeout=60) == -signal.SIGKILL
+    assert redis_db.client.llen(queue) == 0  # popped, and recorded:
+    assert redis_db.client.hlen("tasksys:unacked") == 1
+    worker = start_worker(f"pop-{unique}", env, logs, queues=[queue], concurrency=1)
+    try:
+        ran = [task_id.encode()]
+        wait_for(lambda: redis_db.client.lrange(key, 0, -1) == ran, timeout=90, what="the restored task")
+    finally:
+        assert worker.stop() == 0
+
+
 def test_warm_shutdown_finishes_running_tasks_and_runs_shutdown_hooks(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:

@@ -94,6 +94,23 @@ def test_kombu_brpop_read_still_has_the_steps_we_reproduce() -> None:
         )
 
 
+def test_kombu_brpop_start_still_has_the_steps_our_fetch_reproduces() -> None:
+    source = _source(kombu_redis.Channel._brpop_start)
+    missing = [step for step in _compat.KOMBU_BRPOP_START_STEPS if step not in source]
+    assert not missing, f"kombu's _brpop_start changed; review _compat.poll_queue_keys and friends: {missing}"
+    assert _params(kombu_redis.Channel._brpop_start) == ["self", "timeout"], (
+        "kombu's Channel._brpop_start(timeout) changed; review PriorityRedisChannel._brpop_start"
+    )
+    poller = _source(kombu_redis.MultiChannelPoller._register_BRPOP)
+    assert "channel._brpop_start()" in poller, (
+        "kombu's poller no longer polls through _brpop_start; PriorityRedisChannel's fetch would be dead"
+    )
+    virtual = kombu_virtual.Channel.basic_consume
+    assert _params(virtual)[:5] == ["self", "queue", "no_ack", "callback", "consumer_tag"], (
+        "kombu's basic_consume(queue, no_ack, callback, consumer_tag) changed; review PriorityRedisChannel"
+    )
+
+
 def test_kombu_polls_brpop_through_the_method_we_override() -> None:
     assert _params(kombu_redis.Channel._brpop_read) == ["self", "options"], (
         "kombu's Channel._brpop_read(**options) changed; review PriorityRedisChannel._brpop_read"
@@ -479,7 +496,7 @@ def test_set_backend_transport_options_changes_the_retry_policy() -> None:
 # -- Our subclasses: overrides still exist upstream, helpers shadow nothing -------------
 
 SUBCLASSES: list[tuple[type, type, set[str]]] = [
-    (PriorityRedisChannel, kombu_redis.Channel, {"_brpop_read", "_get_message_priority"}),
+    (PriorityRedisChannel, kombu_redis.Channel, {"_brpop_read", "_brpop_start", "_get_message_priority"}),
     (ScriptedQoS, kombu_redis.QoS, set()),
     (TimedRedisBackend, RedisBackend, {"_get_result_meta", "_store_result"}),
     (Consumer, CeleryConsumer, set()),

@@ -18,7 +18,14 @@ from .._compat import held_message, hold_in_memory, raw_payload, release_in_memo
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
 
-__all__ = ["ALLOW_OOM", "OOM_BACKOFF_MAX", "ScriptedQoS", "retry_out_of_memory", "supports_script_flags"]
+__all__ = [
+    "ALLOW_OOM",
+    "OOM_BACKOFF_MAX",
+    "ScriptedQoS",
+    "redis_version",
+    "retry_out_of_memory",
+    "supports_script_flags",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +93,28 @@ class ScriptedQoS(kombu_redis.QoS):
         #: Redis (``take_for_ack(tag)``), else by the holder; given back on a reject
         #: (``settled(tag)``); renewed by the heartbeat (``renew(now)``).
         self.lease_holders: list[Any] = []
+        #: Tags the channel's fetch script recorded as unacked already, while their
+        #: delivery runs: ``append`` then only notes them in memory.
+        self._recorded: set[str] = set()
+
+    def note_held(self, delivery_tag: str) -> None:
+        """The message under ``delivery_tag`` is recorded as unacked in Redis already."""
+        self._recorded.add(delivery_tag)
+
+    def unnote_held(self, delivery_tag: str) -> None:
+        """Its delivery is over (appended or not)."""
+        self._recorded.discard(delivery_tag)
+
+    def forget_held(self, delivery_tag: str) -> None:
+        """Drop a recorded message nothing will acknowledge (it was delivered as a
+        refused message under a tag of its own)."""
+        self._release(delivery_tag)
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._recorded:
+            self._recorded.discard(delivery_tag)
+            hold_in_memory(self, message, delivery_tag)
+            return
         delivery = message.delivery_info
         payload = dumps([raw_payload(message), delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
 
@@ -164,11 +191,16 @@ class ScriptedQoS(kombu_redis.QoS):
         retry_out_of_memory(f"returning message {delivery_tag} to its queue", requeue)
 
 
-def supports_script_flags(client: redis.Redis) -> bool:
-    """Redis 7 and later read ``#!lua flags=...`` in scripts (older ones cannot parse it)."""
+def redis_version(client: redis.Redis) -> tuple[int, int]:
+    """The server's (major, minor) version; (0, 0) when it cannot be read."""
     try:
         version = str(client.info("server").get("redis_version", "0"))
     except redis.RedisError:
-        return False
-    major = version.split(".", 1)[0]
-    return major.isdigit() and int(major) >= 7
+        return (0, 0)
+    parts = [int(p) if p.isdigit() else 0 for p in (version.split(".") + ["0"])[:2]]
+    return (parts[0], parts[1])
+
+
+def supports_script_flags(client: redis.Redis) -> bool:
+    """Redis 7 and later read ``#!lua flags=...`` in scripts (older ones cannot parse it)."""
+    return redis_version(client) >= (7, 0)
