@@ -34,9 +34,13 @@ class _Qos:
 @dataclass
 class _Timer:
     calls: list[tuple[float, Any]] = field(default_factory=list)
+    ticks: list[Any] = field(default_factory=list)
 
     def call_after(self, delay: float, fun: Any, args: tuple[Any, ...]) -> None:
-        self.calls.append((delay, args[0]))
+        if args:
+            self.calls.append((delay, args[0]))  # a held request, dispatched again
+        else:
+            self.ticks.append(fun)  # the gate's own re-stamp run
 
 
 @dataclass
@@ -62,6 +66,7 @@ class _Request:
     id: str
     message: _Message
     ignore_result: bool = True
+    time_start: float | None = None  # set by Celery when the pool starts the task
 
     def revoked(self) -> bool:
         return False
@@ -111,7 +116,11 @@ def gate(flow_db: RedisDb, flow_client: CeleryClient) -> Iterator[FlowGate]:
 def test_rate_admits_the_limit_then_holds_until_the_oldest_leaves_the_window(gate: FlowGate) -> None:
     consumer: Any = gate.consumer
     began = time.time()
-    assert [gate.admit(_request("gate.rated", n)) for n in range(3)] == [True, True, True]
+    started = [_request("gate.rated", n) for n in range(3)]
+    assert [gate.admit(r) for r in started] == [True, True, True]
+    for request in started:
+        request.time_start = time.time()  # the pool started them
+    gate.restamp()
     held = _request("gate.rated", 3)
     assert gate.admit(held) is False
     ((delay, again),) = consumer.timer.calls
@@ -216,3 +225,26 @@ def test_an_ack_takes_the_leases_to_drop_with_it(gate: FlowGate) -> None:
     )
     assert gate.take_for_ack(request.message.delivery_tag) == [], "taken once"
     assert gate._redis.zcard(keys.slots("gate.slots")) == 1, "the ack's own script drops them"
+
+
+def test_a_start_counts_in_every_window_until_restamped_with_its_real_start(gate: FlowGate) -> None:
+    consumer: Any = gate.consumer
+    log = FlowKeys("tasksys:").rate("gate.rated")
+    permitted = [_request("gate.rated", n) for n in range(3)]
+    assert all(gate.admit(r) for r in permitted)
+    assert consumer.timer.ticks, "a re-stamp run is scheduled"
+    pending = dict(gate._redis.zrange(log, 0, -1, withscores=True))
+    assert len(pending) == 3 and min(pending.values()) > time.time() + 5, "pending: in every window"
+    late = _request("gate.rated", 3)
+    assert gate.admit(late) is False
+    ((delay, _),) = consumer.timer.calls
+    assert delay < 0.2, "no start time is known yet: it asks again soon"
+    # Started, much later than permitted (a loaded pool), and one never started at all.
+    permitted[0].time_start, permitted[1].time_start = time.time() - 0.5, time.time()
+    gate.restamp()
+    stamped = dict(gate._redis.zrange(log, 0, -1, withscores=True))
+    assert sorted(stamped.values())[:2] == sorted([permitted[0].time_start, permitted[1].time_start])
+    assert gate.take_for_ack(permitted[2].message.delivery_tag) == [
+        (log, next(m for m in stamped if m.startswith(permitted[2].id)))
+    ], "a start that never happened leaves the log with its ack"
+    assert gate.take_for_ack(permitted[0].message.delivery_tag) == [], "a real start stays in the log"

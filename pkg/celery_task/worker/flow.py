@@ -40,48 +40,61 @@ logger = logging.getLogger(__name__)
 
 # Take a start permit for every limit of a task at once, or none. KEYS: the limit keys,
 # then the throttled-count hash. ARGV: now, member (task id), '1' to count a refusal,
-# task name, then per limit key: kind ('r' start log, 'c' lease set), limit, span
-# (window or lease seconds). Returns {admitted, seconds to wait for a rate, slots full}.
+# task name, seconds a rate entry counts as pending, then per limit key: kind ('r' start
+# log, 'c' lease set), limit, span (window or lease seconds). A new start is logged
+# with a score in the future (now + pending): it counts in every window until the
+# worker re-stamps it with the time the pool started the task. Returns {admitted,
+# seconds to wait for a rate, 1 if no wait is known (slots full, or the start that
+# must leave the window has not begun)}.
 _PERMIT_SCRIPT = """
 local now = tonumber(ARGV[1])
+local pending = tonumber(ARGV[5])
 local n = #KEYS - 1
-local wait, full = 0, 0
+local wait, unknown = 0, 0
 for i = 1, n do
-  local kind, limit, span = ARGV[3 * i + 2], tonumber(ARGV[3 * i + 3]), tonumber(ARGV[3 * i + 4])
+  local kind, limit, span = ARGV[3 * i + 3], tonumber(ARGV[3 * i + 4]), tonumber(ARGV[3 * i + 5])
   if kind == 'r' then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
     local count = redis.call('ZCARD', KEYS[i])
     if count >= limit then
       local oldest = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-      local free_at = tonumber(oldest[2]) + span - now
-      if free_at > wait then wait = free_at end
-      if wait <= 0 then wait = 0.001 end
+      local at = tonumber(oldest[2])
+      if at > now then
+        unknown = 1
+      else
+        local free_at = at + span - now
+        if free_at > wait then wait = free_at end
+        if wait <= 0 then wait = 0.001 end
+      end
     end
   else
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
     if not redis.call('ZSCORE', KEYS[i], ARGV[2]) and redis.call('ZCARD', KEYS[i]) >= limit then
-      full = 1
+      unknown = 1
     end
   end
 end
-if wait > 0 or full == 1 then
+if wait > 0 or unknown == 1 then
   if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[n + 1], ARGV[4], 1) end
-  return {0, tostring(wait), full}
+  return {0, tostring(wait), unknown}
 end
 for i = 1, n do
-  local kind, span = ARGV[3 * i + 2], tonumber(ARGV[3 * i + 4])
+  local kind, span = ARGV[3 * i + 3], tonumber(ARGV[3 * i + 5])
   if kind == 'r' then
-    redis.call('ZADD', KEYS[i], now, ARGV[2] .. ':' .. ARGV[1])
+    redis.call('ZADD', KEYS[i], now + pending, ARGV[2] .. ':' .. ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], math.ceil((span + pending) * 1000) + 1000)
   else
     redis.call('ZADD', KEYS[i], now + span, ARGV[2])
+    redis.call('PEXPIRE', KEYS[i], math.ceil(span * 2000) + 1000)
   end
-  redis.call('PEXPIRE', KEYS[i], math.ceil(span * 2000) + 1000)
 end
 return {1, '0', 0}
 """
 
 #: Seconds between reads of the runtime overrides (a changed limit applies this soon).
 REFRESH_INTERVAL = 1.0
+#: Seconds between two re-stamps of rate-log entries with their tasks' start times.
+RESTAMP_INTERVAL = 0.02
 #: A task waiting for a concurrency slot asks again after this long, growing to the cap.
 SLOT_POLL_FIRST, SLOT_POLL_MAX = 0.05, 1.0
 #: Wait after Redis failed to answer a permit request (the task is kept, not dropped).
@@ -116,6 +129,10 @@ class FlowGate:
         self._refreshed = -math.inf
         self._waiting: dict[str, _Waiting] = {}
         self._leases: dict[Any, list[tuple[str, str]]] = {}
+        #: Rate-log entries not yet re-stamped with their start: delivery tag ->
+        #: (request, [(key, member)]).
+        self._unstamped: dict[Any, tuple[Any, list[tuple[str, str]]]] = {}
+        self._restamp_at: float | None = None
         self._lease_lock = threading.Lock()
         self._script: Any = None
         self._dispatch: Callable[[Any], Any] | None = None
@@ -172,6 +189,8 @@ class FlowGate:
     def admit(self, request: Any) -> bool:
         """True if ``request`` may start now; otherwise it is held and handed to the
         pool again when its wait is over (it is never dropped)."""
+        if self._unstamped:
+            self._schedule_restamp()
         limits = self.limits_for(request.name)
         waiting = self._waiting.get(request.id)
         if not limits:
@@ -194,6 +213,9 @@ class FlowGate:
             return False
         if admitted:
             leases = [(key, request.id) for kind, key, _, _ in specs if kind == "c"]
+            starts = [(key, f"{request.id}:{now:.6f}") for kind, key, _, _ in specs if kind == "r"]
+            if starts:
+                self._log_start(request, starts)
             return self._admitted(request, waiting, leases)
         if waiting is None:
             waiting = self._start_waiting(request)
@@ -225,7 +247,8 @@ class FlowGate:
         client = self._redis
         if self._script is None:
             self._script = client.register_script(_PERMIT_SCRIPT)
-        args: list[Any] = [f"{now:.6f}", request.id, "1" if count else "0", request.name]
+        pending = f"{self.lease_seconds:.6f}"
+        args: list[Any] = [f"{now:.6f}", request.id, "1" if count else "0", request.name, pending]
         for kind, _, limit, span in specs:
             args += [kind, limit, f"{span:.6f}"]
         keys = [key for _, key, _, _ in specs] + [self.keys.throttled]
@@ -279,6 +302,63 @@ class FlowGate:
         dispatch = self._dispatch or self.consumer.on_task_request
         self.consumer.timer.call_after(max(delay, 0.001), dispatch, (request,))
 
+    # -- start times -----------------------------------------------------------------
+
+    def _log_start(self, request: Any, starts: list[tuple[str, str]]) -> None:
+        """Note a permitted start whose rate-log entries wait for the real start time."""
+        with self._lease_lock:
+            self._unstamped[request.message.delivery_tag] = (request, starts)
+        self._schedule_restamp()
+
+    def _schedule_restamp(self) -> None:
+        """Run :meth:`restamp` soon, unless a run is due already. A run that never came
+        (a consumer restart clears its timer) is replaced a second later."""
+        now = time.monotonic()
+        if self._restamp_at is not None and now < self._restamp_at + 1.0:
+            return
+        self._restamp_at = now + RESTAMP_INTERVAL
+        self.consumer.timer.call_after(RESTAMP_INTERVAL, self._restamp_tick, ())
+
+    def _restamp_tick(self) -> None:
+        self._restamp_at = None
+        self.restamp()
+        if self._unstamped:
+            self._schedule_restamp()
+
+    def restamp(self) -> None:
+        """Give each started task's rate-log entries its start time (set by the pool
+        when it began the task); until then they count in every window."""
+        with self._lease_lock:
+            started = [
+                (tag, request.time_start, starts)
+                for tag, (request, starts) in self._unstamped.items()
+                if getattr(request, "time_start", None)
+            ]
+        if not started:
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for _, at, starts in started:
+                    for key, member in starts:
+                        pipe.zadd(key, {member: at}, xx=True)
+                pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("could not record start times in the rate log (will retry): %s", exc)
+            return
+        with self._lease_lock:
+            for tag, _, _ in started:
+                self._unstamped.pop(tag, None)
+
+    def _never_started(self, delivery_tag: Any) -> list[tuple[str, str]]:
+        """The rate-log entries of a message settled before its task started (to drop:
+        that start never happened); a started one stays for :meth:`restamp`."""
+        with self._lease_lock:
+            found = self._unstamped.get(delivery_tag)
+            if found is None or getattr(found[0], "time_start", None):
+                return []
+            del self._unstamped[delivery_tag]
+            return found[1]
+
     # -- leases ----------------------------------------------------------------------
 
     @cached_property
@@ -290,7 +370,8 @@ class FlowGate:
         """A message is being acknowledged: its slot leases for the ack's script to
         drop (none if they live on another Redis: those are released here)."""
         with self._lease_lock:
-            leases = self._leases.pop(delivery_tag, None)
+            leases = self._leases.pop(delivery_tag, None) or []
+        leases += self._never_started(delivery_tag)
         if not leases:
             return []
         if self._leases_on_broker:
@@ -301,7 +382,8 @@ class FlowGate:
     def settled(self, delivery_tag: Any) -> None:
         """A message was rejected (or returned): give its slots back."""
         with self._lease_lock:
-            leases = self._leases.pop(delivery_tag, None)
+            leases = self._leases.pop(delivery_tag, None) or []
+        leases += self._never_started(delivery_tag)
         if leases:
             self._release(leases)
 
@@ -332,8 +414,9 @@ class FlowGate:
 
     def release_all(self) -> None:
         """Give back every slot this worker holds (its messages go back to the queue)."""
+        self.restamp()
         with self._lease_lock:
-            tags = list(self._leases)
+            tags = set(self._leases) | set(self._unstamped)
         for tag in tags:
             self.settled(tag)
 
