@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from pkg.celery_task import TaskRequest
+from pkg.celery_task.worker.transport import redis_priority_queue_keys
 from tests.reliability.conftest import Ledger, client_for
 from tests.support.procs import REPO_ROOT, ManagedProcess, service_env, start_worker, wait_for
 from tests.support.services import RedisDb, private_redis
@@ -73,27 +74,33 @@ with client.app.connection_for_read() as conn:
 """
 
 
+def _die_holding_then_restore(script: str, name: str, db: RedisDb, tmp: Path, unique: str) -> float:
+    """Submit one task, let ``script`` take its message and die by SIGKILL, then start a
+    worker; seconds from the worker's start until the task ran, once."""
+    queue, key = f"{name}-{unique}", f"{name}-runs-{unique}"
+    env, logs = _env(db, tmp), tmp / name
+    task_id = client_for(db.url).submit("tests.work", [10, key], queue=queue).id
+    argv = [sys.executable, "-c", script, db.url, queue]
+    assert ManagedProcess(f"die-{name}", argv, env, logs).start().wait(timeout=60) == -signal.SIGKILL
+    assert sum(db.client.llen(k) for k in redis_priority_queue_keys(queue)) == 0, "taken from the queue"
+    assert db.client.hlen("tasksys:unacked") == 1, "and held as unacked"
+    started = time.monotonic()
+    worker = start_worker(f"{name}-{unique}", env, logs, queues=[queue], concurrency=1)
+    try:
+        ran = [task_id.encode()]
+        wait_for(lambda: db.client.lrange(key, 0, -1) == ran, timeout=90, what="the restored task")
+    finally:
+        assert worker.stop() == 0
+    return time.monotonic() - started
+
+
 def test_a_worker_killed_inside_a_restore_does_not_stop_restores(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:
-    queue, key = f"mutex-{unique}", f"mutex-runs-{unique}"
-    env, logs = _env(redis_db, session_tmp), session_tmp / "mutex"
-    client = client_for(redis_db.url)
-    task_id = client.submit("tests.work", [10, key], queue=queue).id
-    argv = [sys.executable, "-c", _DIE_IN_RESTORE, redis_db.url, queue]
-    died = ManagedProcess("die-in-restore", argv, env, logs)
-    assert died.start().wait(timeout=60) == -signal.SIGKILL
-    assert redis_db.client.llen(key) == 0
-    started = time.monotonic()
-    worker = start_worker(f"mutex-{unique}", env, logs, queues=[queue], concurrency=1)
-    try:
-        # kombu's default lock expiry (300 s) kept it out for five minutes; the visibility
-        # timeout (10 s) plus our lock expiry and a restore interval bound it now.
-        ran = [task_id.encode()]
-        wait_for(lambda: redis_db.client.lrange(key, 0, -1) == ran, timeout=90, what="the restore")
-    finally:
-        assert worker.stop() == 0
-    print(f"\n[killed inside a restore] task ran {time.monotonic() - started:.1f} s after the kill")
+    # kombu's default lock expiry (300 s) kept restores out for five minutes; the
+    # visibility timeout (10 s) plus our lock expiry and a restore interval bound it now.
+    took = _die_holding_then_restore(_DIE_IN_RESTORE, "mutex", redis_db, session_tmp, unique)
+    print(f"\n[killed inside a restore] task ran {took:.1f} s after a worker started")
 
 
 #: A consumer that dies by SIGKILL the moment a popped message reaches it, before any
@@ -119,20 +126,8 @@ with client.app.connection_for_read() as conn, conn.Consumer(Queue(sys.argv[2]),
 def test_a_worker_killed_right_after_a_pop_loses_nothing(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:
-    queue, key = f"pop-{unique}", f"pop-runs-{unique}"
-    env, logs = _env(redis_db, session_tmp), session_tmp / "pop"
-    client = client_for(redis_db.url)
-    task_id = client.submit("tests.work", [10, key], queue=queue).id
-    argv = [sys.executable, "-c", _DIE_AFTER_POP, redis_db.url, queue]
-    assert ManagedProcess("die-after-pop", argv, env, logs).start().wait(timeout=60) == -signal.SIGKILL
-    assert redis_db.client.llen(queue) == 0  # popped, and recorded:
-    assert redis_db.client.hlen("tasksys:unacked") == 1
-    worker = start_worker(f"pop-{unique}", env, logs, queues=[queue], concurrency=1)
-    try:
-        ran = [task_id.encode()]
-        wait_for(lambda: redis_db.client.lrange(key, 0, -1) == ran, timeout=90, what="the restored task")
-    finally:
-        assert worker.stop() == 0
+    took = _die_holding_then_restore(_DIE_AFTER_POP, "pop", redis_db, session_tmp, unique)
+    print(f"\n[killed right after a pop] task ran {took:.1f} s after a worker started")
 
 
 def test_warm_shutdown_finishes_running_tasks_and_runs_shutdown_hooks(
