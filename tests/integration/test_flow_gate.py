@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -231,8 +232,11 @@ def test_a_start_counts_in_every_window_until_restamped_with_its_real_start(gate
     consumer: Any = gate.consumer
     log = FlowKeys("tasksys:").rate("gate.rated")
     permitted = [_request("gate.rated", n) for n in range(3)]
+    channel = SimpleNamespace(qos=SimpleNamespace(lease_holders=[]))
+    permitted[2].message.channel = channel
     assert all(gate.admit(r) for r in permitted)
     assert consumer.timer.ticks, "a re-stamp run is scheduled"
+    assert channel.qos.lease_holders == [gate], "the QoS tells it of acks and rejects"
     pending = dict(gate._redis.zrange(log, 0, -1, withscores=True))
     assert len(pending) == 3 and min(pending.values()) > time.time() + 5, "pending: in every window"
     late = _request("gate.rated", 3)

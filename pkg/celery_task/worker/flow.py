@@ -308,6 +308,7 @@ class FlowGate:
         """Note a permitted start whose rate-log entries wait for the real start time."""
         with self._lease_lock:
             self._unstamped[request.message.delivery_tag] = (request, starts)
+        _attach(request.message.channel, self)  # to hear of a message settled unstarted
         self._schedule_restamp()
 
     def _schedule_restamp(self) -> None:
