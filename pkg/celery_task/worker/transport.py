@@ -198,10 +198,10 @@ class PriorityRedisChannel(kombu_redis.Channel):
         estimate = self.qos.can_consume_max_estimate()  # None: no prefetch limit
         limit = FETCH_BATCH_MAX if estimate is None else max(1, estimate)
         sha = self._fetch_sha
-        if sha is None:
+        if sha is None:  # sent as a raw EVALSHA, so loaded here (again after NOSCRIPT)
             with self.conn_or_acquire() as client:
-                source = (ALLOW_OOM if supports_script_flags(client) else "") + _FETCH_SCRIPT
-                sha = self._fetch_sha = str(client.script_load(source))
+                script = self.script(client, "fetch", _FETCH_SCRIPT)
+                sha = self._fetch_sha = str(client.script_load(script.script))
         self._poll_mode = "fetch"
         keys = [self.unacked_index_key, self.unacked_key, *(key for _, key in polled)]
         # Messages of a no-ack consumer (remote-control replies) are never acknowledged.
