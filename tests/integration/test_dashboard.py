@@ -310,6 +310,9 @@ def test_tasks_pages_find_real_tasks_through_the_recorder(
             page.goto(f"/dashboard/tasks?{query}")
             return page.locator("tr.task-row").evaluate_all("rows => rows.map(r => r.dataset.taskId)")
 
+        # A recorder new to the session reads the stream from its start: every record the
+        # session's worker wrote before this test comes first (thousands on a full run).
+        wait_for(lambda: _recorder_caught_up(stack.db.client), timeout=240, interval=0.5, what="the backlog")
         wait_for(lambda: listed(f"q={bad_id}") == [bad_id], timeout=30, interval=0.5, what="the row")
         assert listed(f"q={ok_id}") == [ok_id]
         assert bad_id in listed("status=FAILURE&task=math.number_sum")
@@ -322,6 +325,16 @@ def test_tasks_pages_find_real_tasks_through_the_recorder(
         _shot(page, tmp_path, "task-real")
     finally:
         recorder.stop()
+
+
+def _recorder_caught_up(db: Any) -> bool:
+    """The recorders' group has read every entry of the history stream and acked it."""
+    groups = [
+        g
+        for g in db.xinfo_groups("tasksys:history")
+        if g["name"] in ("history-recorder", b"history-recorder")
+    ]
+    return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
 
 
 def test_flower_runs_next_to_the_dashboard(api: Api, stack: Any, tmp_path: Path) -> None:

@@ -78,6 +78,12 @@ def _records(key: str) -> list[dict[str, float]]:
     return [json.loads(raw) for raw in test_redis().lrange(key, 0, -1)]
 
 
+#: Starts are read where the task body begins, a moment after the pool started the task
+#: (the time the gate's log holds); on a loaded machine that moment varies by up to this
+#: much, so limits are checked on windows this much shorter than theirs.
+START_JITTER = 0.1
+
+
 def _max_in_window(starts: list[float], window: float) -> int:
     """The most starts any half-open window of ``window`` seconds holds."""
     starts = sorted(starts)
@@ -114,7 +120,7 @@ def test_global_rate_limit_holds_across_two_workers(
         f"global 10/s: most starts in a 1 s window {_max_in_window(starts, 1.0)}, "
         f"60 in {starts[-1] - began:.2f} s"
     )
-    assert _max_in_window(starts, 1.0) <= 10, starts
+    assert _max_in_window(starts, 1.0 - START_JITTER) <= 10, starts
     assert 5.0 <= starts[-1] - began <= 12.0, starts[-1] - began
     assert {client.get_status(task_id) for task_id in ids} == {"SUCCESS"}
     assert max(r["start"] for r in _records(free)) < starts[-1] - 2.0
@@ -135,7 +141,7 @@ def test_each_flow_key_gets_its_own_rate(workers: Workers, client: CeleryClient,
     for flow_key, starts in by_key.items():
         print(f"per key 5/s: {flow_key} most starts in a 1 s window {_max_in_window(starts, 1.0)}")
         assert len(starts) == 15
-        assert _max_in_window(starts, 1.0) <= 5, starts
+        assert _max_in_window(starts, 1.0 - START_JITTER) <= 5, starts
     # Together they ran twice as fast as one key alone could.
     assert _max_in_window([r["start"] for r in records], 1.0) > 5
 
