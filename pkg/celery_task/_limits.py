@@ -23,6 +23,7 @@ __all__ = [
     "ENTRY_NAME_PATTERN",
     "ID_PATTERN",
     "MAX_ARGUMENT_DEPTH",
+    "MAX_RECEIVED_DEPTH",
     "MAX_DELAY",
     "MAX_ENTRY_NAME_LENGTH",
     "MAX_EXPIRES",
@@ -49,6 +50,11 @@ MAX_PRIORITY = 9
 #: Deepest nesting of lists/dicts in task arguments. Workers pickle a message to hand
 #: it to a pool process, and pickling recurses: a few hundred levels crash it.
 MAX_ARGUMENT_DEPTH = 32
+#: Deepest nesting a worker runs (it refuses deeper arguments as invalid): the same
+#: limit on every pool, where pickling or decoding would otherwise fail at a depth that
+#: depends on the pool; above the client's limit, so canvas callbacks that receive
+#: other tasks' results still run.
+MAX_RECEIVED_DEPTH = 100
 MAX_TASK_ID_LENGTH = 255
 MAX_QUEUE_NAME_LENGTH = 200
 MAX_ENTRY_NAME_LENGTH = 200
@@ -127,16 +133,24 @@ def check_entry_name(name: Any, *, field: str = "name") -> str:
 
 
 def check_json_value(
-    value: Any, *, field: str, max_depth: int = MAX_ARGUMENT_DEPTH, members: bool = False
+    value: Any,
+    *,
+    field: str,
+    max_depth: int = MAX_ARGUMENT_DEPTH,
+    members: bool = False,
+    finite: bool = True,
 ) -> None:
-    """Refuse nesting deeper than ``max_depth`` lists/dicts and floats that are not
-    finite (NaN and Infinity are not JSON), naming where in ``field`` they are. With
-    ``members``, ``value`` is a container of values (args, kwargs) and each member gets
-    ``max_depth`` levels. Iterative, so a hostile depth cannot overflow the stack here."""
+    """Refuse nesting deeper than ``max_depth`` lists/dicts and (with ``finite``) floats
+    that are not finite (NaN and Infinity are not JSON), naming where in ``field`` they
+    are. With ``members``, ``value`` is a container of values (args, kwargs) and each
+    member gets ``max_depth`` levels. Iterative, so a hostile depth cannot overflow the
+    stack here."""
     stack: list[tuple[Any, int, str]] = [(value, -1 if members else 0, field)]
     while stack:
         item, depth, where = stack.pop()
         if isinstance(item, float):
+            if not finite:
+                continue
             if not math.isfinite(item):
                 raise InvalidArgumentsError(
                     f"{where} is {item!r}, which is not JSON; pass finite numbers", field=field

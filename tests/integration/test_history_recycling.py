@@ -19,7 +19,7 @@ from celery import Celery
 from pkg.celery_task._options import Options, configure
 from pkg.celery_task.worker.history import TaskHistory
 from tests.reliability.conftest import client_for
-from tests.support.procs import service_env, start_worker, wait_for
+from tests.support.procs import prefork_only, service_env, start_worker, wait_for
 from tests.support.services import RedisDb
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,7 @@ def _finished(db: RedisDb) -> dict[str, set[str]]:
     return seen
 
 
+@prefork_only
 @pytest.mark.parametrize(
     ("limit", "task", "count"),
     [
@@ -92,6 +93,7 @@ class _GatedConnection(redis.Connection):
         super().__init__(*args, **kwargs)
 
 
+@prefork_only
 def test_child_forked_while_the_parent_client_holds_its_pool_lock_records(redis_db: RedisDb) -> None:
     """The fork billiard makes to replace a child can land while the parent's history
     flusher is inside its Redis client; the child must still record and flush."""

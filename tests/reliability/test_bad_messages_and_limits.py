@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.reliability.conftest import Ledger, client_for
-from tests.support.procs import service_env, start_worker, wait_for
+from tests.support.procs import prefork_only, service_env, start_worker, wait_for
 from tests.support.services import RedisDb
 
 
@@ -119,6 +119,7 @@ def _entry(client, task_id: str):  # type: ignore[no-untyped-def]
     return next((e for e in client.dead_letters()[1] if e.get("task_id") == task_id), None)
 
 
+@prefork_only
 def test_time_limits_soft_cleans_up_hard_replaces_the_process(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:
@@ -154,6 +155,7 @@ def test_time_limits_soft_cleans_up_hard_replaces_the_process(
     assert dead[hard.id]["error"]["type"] == "TimeLimitExceeded"
 
 
+@prefork_only
 def test_leaking_task_recycles_its_process_and_loses_nothing(
     redis_db: RedisDb, session_tmp: Path, unique: str
 ) -> None:

@@ -82,6 +82,7 @@ def _corpus(forge: Forge, u: str) -> dict[str, bytes]:
 
     m = forge.message
     return {
+        f"deep150-{u}": m(f"deep150-{u}", body=[[key, _nested(150)], {}, {}]),
         f"deep600-{u}": m(f"deep600-{u}", body=[[key, _nested(600)], {}, {}]),
         f"deep600-eta-{u}": m(f"deep600-eta-{u}", body=[[key, _nested(600)], {}, {}], headers={"eta": soon}),
         f"deep5000-{u}": m(f"deep5000-{u}", raw_body=_deep_json(5000)),
@@ -185,9 +186,16 @@ def test_poison_corpus_is_dead_lettered_and_the_worker_keeps_consuming(
     assert total >= len(corpus), f"{total} dead letters for {len(corpus)} poison messages"
     ran = set(runs) & set(corpus)
     assert not ran, f"poison messages ran: {ran}"
+    # Deeper than the worker runs: refused as invalid on every pool; so deep that
+    # decoding it recursed too deep: unrunnable.
+    entry = by_id[f"deep150-{unique}"]
+    assert entry["reason"] == "invalid" and "nested more than 100 levels" in entry["error"]["message"], entry
     for name in (f"deep600-{unique}", f"deep600-eta-{unique}"):
         entry = by_id[name]
-        assert entry["reason"] == "unrunnable" and entry["error"]["type"] == "RecursionError", entry
+        assert (entry["reason"], entry["error"]["type"]) in (
+            ("invalid", "InvalidTaskError"),
+            ("unrunnable", "RecursionError"),
+        ), entry
     assert not redis_db.client.hlen("tasksys:unacked"), redis_db.client.hgetall("tasksys:unacked")
     reasons: dict[str, int] = {}
     for entry in entries:

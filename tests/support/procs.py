@@ -17,10 +17,20 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 from tests.support.services import HOST, REDIS_PORT, RedisDb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CELERY_APP = "internal.infra.celery.celery_app"
+#: ``TASKSYS_TEST_POOL=asyncio`` starts every worker that names no pool of its own with
+#: the asyncio pool (``--pool custom``), so the worker tests run once on each pool.
+TEST_POOL = os.environ.get("TASKSYS_TEST_POOL", "prefork")
+ASYNCIO_POOL_PATH = "pkg.celery_task.worker.pool:AsyncioPool"
+#: A test of what only a pool of child processes does (replace or recycle a process).
+prefork_only = pytest.mark.skipif(
+    TEST_POOL == "asyncio", reason="the asyncio pool runs tasks in the worker process: no child to replace"
+)
 
 T = TypeVar("T")
 
@@ -151,6 +161,7 @@ def service_env(
         CELERY_EXTRA_INCLUDE="tests.support.tasks",
         PYTHONPATH=str(REPO_ROOT),
         PYTHONUNBUFFERED="1",
+        CELERY_CUSTOM_WORKER_POOL=ASYNCIO_POOL_PATH,  # read only by ``--pool custom``
     )
     if hook_dir is not None:
         env["TASKSYS_TEST_HOOK_DIR"] = str(hook_dir)
@@ -163,11 +174,13 @@ def worker_argv(
     queues: Iterable[str],
     hostname: str,
     concurrency: int = 2,
-    pool: str = "prefork",
+    pool: str | None = None,
     loglevel: str = "info",
     extra: Iterable[str] = (),
 ) -> list[str]:
-    """``celery -A internal.infra.celery.celery_app worker`` as the README runs it."""
+    """``celery -A internal.infra.celery.celery_app worker`` as the README runs it; the
+    pool is :data:`TEST_POOL` unless named (``asyncio`` is Celery's ``custom``)."""
+    pool = pool or ("custom" if TEST_POOL == "asyncio" else TEST_POOL)
     return [
         sys.executable,
         "-m",

@@ -130,6 +130,12 @@ def test_json_values_accepted_exactly_when_finite_and_shallow(value: Any, limit:
     assert (error is None) == (_finite(value) and _depth(value) <= limit)
 
 
+@given(json_values, st.integers(min_value=1, max_value=6))
+def test_without_finite_only_depth_is_checked(value: Any, limit: int) -> None:
+    error = _refused(check_json_value, value, field="args", max_depth=limit, finite=False)
+    assert (error is None) == (_depth(value) <= limit)
+
+
 @given(st.integers(min_value=MAX_ARGUMENT_DEPTH + 1, max_value=100_000))
 @settings(max_examples=10)
 def test_any_depth_is_refused_without_recursion(depth: int) -> None:

@@ -14,6 +14,8 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from .._compat import guard_process_task, task_ready
 from .._deadletter import MAX_TEXT, dead_letters_for, error_of
+from .._errors import InvalidRequestError
+from .._limits import MAX_RECEIVED_DEPTH, check_json_value
 from .flow import FlowGate
 from .messages import REFUSED_HEADER
 
@@ -200,13 +202,20 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
 def _check_arguments(request: Any) -> None:
     """Refuse arguments of the wrong shape before a pool process calls ``task(*args,
-    **kwargs)`` with them (a dict as args would pass its keys, for example)."""
+    **kwargs)`` with them (a dict as args would pass its keys, for example), or nested
+    deeper than :data:`MAX_RECEIVED_DEPTH`."""
     if not isinstance(request.id, str) or not request.id:
         raise InvalidTaskError(f"the task id must be a non-empty string, not {request.id!r:.100}")
     if not isinstance(request.args, list | tuple):
         raise InvalidTaskError(f"task args must be a list, not {type(request.args).__name__}")
     if not isinstance(request.kwargs, dict):
         raise InvalidTaskError(f"task kwargs must be an object, not {type(request.kwargs).__name__}")
+    try:
+        check_json_value(
+            [request.args, request.kwargs], field="arguments", max_depth=MAX_RECEIVED_DEPTH, finite=False
+        )
+    except InvalidRequestError as exc:
+        raise InvalidTaskError(str(exc)) from None
     retries = request.request_dict.get("retries", 0)
     if retries is not None and not (type(retries) is int and retries >= 0):
         raise InvalidTaskError(f"retries must be a count, not {retries!r:.100}")
