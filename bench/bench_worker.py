@@ -3,7 +3,8 @@
 5. No-op tasks drained per second by ``celery worker`` (prefork, 2 processes) with the
    project's defaults (acks_late, prefetch 1, events, started state) vs a stock Celery
    app (>= 1.0x); the documented throughput profile too; Dramatiq and Taskiq on the
-   same harness, for context.
+   same harness, for context; and an ``async def`` no-op on the asyncio pool (one worker
+   process per core) vs stock Celery (issue 10's target: >= 2x).
 8. Worker resident memory after 100k tasks within 10% of after 1k.
 
 Every framework runs the same no-op (one Redis INCR, which is how completions are
@@ -16,6 +17,7 @@ Run: ``.venv/bin/python -m bench.bench_worker``
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from bench._harness import ManagedProcess, Report, bench_env, private_redis
+from bench._harness import REPO_ROOT, ManagedProcess, Report, bench_env, private_redis
 from pkg.celery_task import TaskRequest
 
 N = 15_000
@@ -82,7 +84,14 @@ def celery_worker(app: str, env: dict[str, str], log_dir: Path, name: str, *extr
     return ManagedProcess(name, argv, env, log_dir).start()
 
 
-def enqueue_ours(url: str, total: int, env_overrides: dict[str, str] | None = None) -> None:
+def asyncio_worker(env: dict[str, str], log_dir: Path, concurrency: int = 100) -> ManagedProcess:
+    """Our asyncio pool, one worker process per core, started the way the README says."""
+    argv = [sys.executable, str(REPO_ROOT / "scripts" / "run_celery_worker.py"), "--pool", "asyncio"]
+    argv += ["-c", str(concurrency), "--processes", str(os.cpu_count() or 1), "-l", "warning"]
+    return ManagedProcess("asyncio", argv, env, log_dir).start()
+
+
+def enqueue_ours(url: str, total: int, task: str = "bench.noop") -> None:
     from pydantic import SecretStr
 
     from internal.config.setting import RedisSettings, load_settings
@@ -91,7 +100,7 @@ def enqueue_ours(url: str, total: int, env_overrides: dict[str, str] | None = No
     settings = load_settings(env_file=None)
     settings.redis = RedisSettings(url=SecretStr(url))
     client = build_celery_client(settings)
-    client.submit_many([TaskRequest("bench.noop") for _ in range(total)], chunk_size=5000)
+    client.submit_many([TaskRequest(task) for _ in range(total)], chunk_size=5000)
     client.close()
 
 
@@ -187,6 +196,11 @@ def main() -> int:
                 tmp,
             ).start(),
         )
+        run(
+            "asyncio pool",
+            lambda: enqueue_ours(server.url, N, "bench.aio_noop"),
+            lambda: asyncio_worker(env, tmp),
+        )
         report.add(
             "worker throughput: project defaults / stock Celery (prefork, 2 processes)",
             rates["ours_best"] / rates["raw_best"],
@@ -198,6 +212,12 @@ def main() -> int:
             "worker throughput: throughput profile / stock Celery",
             rates["throughput profile"] / rates["raw_best"],
             profile_per_s=round(rates["throughput profile"]),
+        )
+        report.add(
+            f"worker throughput: asyncio pool ({os.cpu_count()} processes, async no-op) / stock Celery",
+            rates["asyncio pool"] / rates["raw_best"],
+            at_least=2.0,
+            asyncio_per_s=round(rates["asyncio pool"]),
         )
         report.add(
             "context: Dramatiq / stock Celery",

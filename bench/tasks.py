@@ -6,10 +6,12 @@ import os
 import time
 
 import redis
+import redis.asyncio
 
 from internal.infra.celery import celery_client
 
 _clients: dict[int, redis.Redis] = {}
+_async_clients: dict[int, redis.asyncio.Redis] = {}
 
 
 def bench_redis() -> redis.Redis:
@@ -23,6 +25,16 @@ def bench_redis() -> redis.Redis:
 def noop() -> None:
     """Count the run (the same INCR every framework's no-op does), nothing else."""
     bench_redis().incr("bench:done")
+
+
+@celery_client.app.task(name="bench.aio_noop", public=True)
+async def aio_noop() -> None:
+    """The no-op as an ``async def`` body, counted with an awaited INCR (asyncio pool)."""
+    if os.getpid() not in _async_clients:
+        _async_clients[os.getpid()] = redis.asyncio.Redis.from_url(
+            os.environ["BENCH_REDIS_URL"], max_connections=2000
+        )
+    await _async_clients[os.getpid()].incr("bench:done")
 
 
 @celery_client.app.task(name="bench.stamp", public=True)
