@@ -8,9 +8,10 @@ worker processes ``init_redis()`` opens the process's client (in the startup hoo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis import RedisError
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,26 +24,43 @@ logger = logging.getLogger(__name__)
 
 _client: Redis | None = None
 
+#: Connections one client opens at most (redis-py's default).
+MAX_CONNECTIONS = 100
+#: Seconds a worker process's task waits for one of its client's connections when all
+#: are in use (an asyncio worker runs up to thousands of tasks on that one client).
+WORKER_POOL_WAIT = 30.0
+
 
 async def open_redis(
-    url: str, *, health_check_interval: int = 10, verify: bool = True, where: str = "the given URL"
+    url: str,
+    *,
+    health_check_interval: int = 10,
+    verify: bool = True,
+    where: str = "the given URL",
+    pool_wait: float | None = None,
 ) -> Redis:
     """A new client for ``url`` after a PING, owned by the caller (the API app keeps its
     own on ``app.state``); ``where`` names the server in logs and errors without the
     password. With ``verify=False`` a failed check is only logged: the client
-    reconnects by itself once Redis is back (the API starts anyway; /readyz reports it)."""
-    client = Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=10,
+    reconnects by itself once Redis is back (the API starts anyway; /readyz reports it).
+    With ``pool_wait`` a command finding all :data:`MAX_CONNECTIONS` connections in use
+    waits up to that many seconds for one, instead of failing at once."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
         # A connection that died while idle (Redis restarted) is found by a PING before
         # use, and a command that meets one is retried once, at once, on a fresh
         # connection; timeouts are not retried, so a down Redis still fails fast.
-        health_check_interval=health_check_interval,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        retry_on_error=[RedisConnectionError],
-    )
+        "health_check_interval": health_check_interval,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "retry_on_error": [RedisConnectionError],
+        "max_connections": MAX_CONNECTIONS,
+    }
+    if pool_wait is None:
+        client = Redis.from_url(url, **options)
+    else:
+        client = Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=pool_wait, **options))
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -61,7 +79,8 @@ async def open_redis(
 
 async def init_redis(url: str | None = None, *, verify: bool = True) -> Redis:
     """Open this process's client (or return the open one) for ``get_redis()``:
-    :func:`open_redis` on ``url`` or the settings' Redis."""
+    :func:`open_redis` on ``url`` or the settings' Redis, its tasks waiting for a free
+    connection rather than failing when all are in use."""
     global _client
     if _client is not None:
         return _client
@@ -70,6 +89,7 @@ async def init_redis(url: str | None = None, *, verify: bool = True) -> Redis:
         health_check_interval=setting.redis.health_check_interval,
         verify=verify,
         where=setting.safe_redis_url if url is None else "the given URL",
+        pool_wait=WORKER_POOL_WAIT,
     )
     return _client
 

@@ -156,6 +156,24 @@ def test_startup_hook_clients_serve_100_concurrent_tasks(aio: AioWorker, client:
     }
 
 
+def test_more_tasks_than_connections_wait_for_the_hook_client(
+    aio: AioWorker, client: CeleryClient, unique: str
+) -> None:
+    """200 tasks at once each hold one of the hook client's 100 connections for 0.5 s:
+    the ones that find none free wait for one instead of failing (and being retried)."""
+    from internal.infra.redis import MAX_CONNECTIONS
+
+    count = 2 * MAX_CONNECTIONS
+    ids = client.submit_many(
+        [
+            {"task_name": "aio.hold_connection", "args": [f"nothing-{unique}", 0.5], "queue": aio.queue}
+            for _ in range(count)
+        ]
+    )
+    results = [client.get_result(task_id, timeout=60, propagate=False) for task_id in ids]
+    assert results == [0] * count, [r for r in results if r != 0][:3]
+
+
 def test_a_task_blocking_the_loop_is_reported(aio: AioWorker, client: CeleryClient) -> None:
     result = client.submit("aio.block", [1.5], queue=aio.queue)
     assert client.get_result(result.id, timeout=30) == "blocked"

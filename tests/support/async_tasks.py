@@ -73,3 +73,14 @@ async def whoami(self: Any, seconds: float) -> dict[str, Any]:
     self.report_progress(1, 2, "halfway")
     await asyncio.sleep(seconds)
     return {"before": before, "after": self.request.id, "retries": self.request.retries}
+
+
+@app.task(name="aio.hold_connection", bind=True, public=True)
+async def hold_connection(self: Any, key: str, seconds: float) -> int:
+    """Hold one of the startup hook's Redis connections for ``seconds`` (a BLPOP on a key
+    nobody writes), as a task awaiting a slow Redis call does; return the retry count
+    (a Redis error is retried, so a task that met one returns more than 0)."""
+    from internal.infra.redis import get_redis
+
+    await get_redis().blpop([key], timeout=seconds)
+    return int(self.request.retries)
