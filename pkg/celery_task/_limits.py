@@ -159,9 +159,10 @@ def check_json_value(
         if isinstance(item, str | int | bool) or item is None:
             continue
         if isinstance(item, Mapping):
-            children: Iterable[tuple[str, Any]] = ((f"{where}[{k!r}]", v) for k, v in item.items())
+            pairs: Iterable[tuple[Any, Any]] = item.items()
+            index = "{!r}"
         elif isinstance(item, list | tuple):
-            children = ((f"{where}[{i}]", v) for i, v in enumerate(item))
+            pairs, index = enumerate(item), "{}"
         else:
             continue  # other types are the JSON encoder's to accept or refuse
         if depth >= max_depth:
@@ -170,7 +171,17 @@ def check_json_value(
                 f"flatten it or pass an id to load the data from",
                 field=field,
             )
-        stack.extend((child, depth + 1, path) for path, child in children)
+        # Only members that can fail get a path: a long list of strings builds none (the
+        # worker checks every message it receives).
+        stack.extend(
+            (child, depth + 1, f"{where}[{index.format(key)}]")
+            for key, child in pairs
+            if not (
+                isinstance(child, str | int | bool)
+                or child is None
+                or (not finite and isinstance(child, float))
+            )
+        )
 
 
 def check_seconds(
