@@ -8,6 +8,7 @@ dead-lettered) reads FAILURE.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,7 +21,11 @@ from ._limits import check_task_id
 from ._redis import RedisClients
 from .worker import revoke_store_for
 
-__all__ = ["TASK_STATES", "Results", "public_state", "status_of"]
+__all__ = ["RESULT_RECHECK_SECONDS", "TASK_STATES", "Results", "public_state", "status_of"]
+
+#: A wait for a result reads the stored state at least this often (seconds), so a
+#: missed pub/sub notification delays the answer by this much, never to the timeout.
+RESULT_RECHECK_SECONDS = 2.0
 
 #: States ``get_status`` reports (Celery's own plus ``PROGRESS``).
 TASK_STATES: tuple[str, ...] = (
@@ -71,11 +76,28 @@ class Results:
         return backend
 
     def get_result(self, task_id: str, timeout: float | None, propagate: bool) -> Any:
-        """Block until the task is ready or ``timeout`` s pass (:class:`ResultTimeoutError`)."""
-        try:
-            return AsyncResult(task_id, app=self.app).get(timeout=timeout, propagate=propagate)
-        except celery.exceptions.TimeoutError as exc:
-            raise ResultTimeoutError(task_id, timeout) from exc
+        """Block until the task is ready or ``timeout`` s pass (:class:`ResultTimeoutError`).
+
+        Celery waits on the result's pub/sub notification only; a notification missed
+        (seen under load) would hang the wait to its timeout although the result is
+        stored, so the stored state is read again every :data:`RESULT_RECHECK_SECONDS`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            waiting = AsyncResult(task_id, app=self.app)
+            try:
+                return waiting.get(
+                    timeout=RESULT_RECHECK_SECONDS if left is None else min(left, RESULT_RECHECK_SECONDS),
+                    propagate=propagate,
+                )
+            except celery.exceptions.TimeoutError as exc:
+                self.app.backend.remove_pending_result(waiting)
+                stored = AsyncResult(task_id, app=self.app)
+                if stored.ready():  # read from the store, not from a notification
+                    return stored.get(propagate=propagate)
+                if left is not None and left <= RESULT_RECHECK_SECONDS:
+                    raise ResultTimeoutError(task_id, timeout) from exc
 
     def get_status(self, task_id: str) -> str:
         """The public status of one task."""

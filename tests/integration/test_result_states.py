@@ -3,10 +3,16 @@ replaces a final one, whichever process or thread wrote that."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import pytest
 from celery import Celery, states
 
+from pkg.celery_task._errors import ResultTimeoutError
 from pkg.celery_task._options import configure
+from pkg.celery_task._results import RESULT_RECHECK_SECONDS
 from pkg.celery_task.worker.backend import TimedRedisBackend
 from tests.support.services import RedisDb
 
@@ -43,3 +49,34 @@ def test_states_still_move_forward(app: Celery, unique: str) -> None:
     app.backend.store_result(f"revoked-{unique}", None, states.STARTED)
     app.backend.store_result(f"revoked-{unique}", None, states.REVOKED)
     assert app.backend.get_task_meta(f"revoked-{unique}")["status"] == states.REVOKED
+
+
+def test_a_wait_returns_a_stored_result_whose_notification_was_missed(redis_db: RedisDb, unique: str) -> None:
+    """Celery's Redis wait listens for the result's PUBLISH only; a result stored
+    without one (a notification lost under load) is still returned, not timed out."""
+    from tests.reliability.conftest import client_for
+
+    client = client_for(redis_db.url)
+    backend = client.app.backend
+    task_id = f"unnotified-{unique}"
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(client.get_result(task_id, timeout=30)))
+    began = time.monotonic()
+    waiter.start()
+    time.sleep(0.5)  # the waiter is subscribed and waiting on the notification
+    meta = {"status": states.SUCCESS, "result": 42, "traceback": None, "children": [], "task_id": task_id}
+    backend.client.set(backend.get_key_for_task(task_id), backend.encode(meta))  # no PUBLISH
+    waiter.join(timeout=40)
+    assert got == [42]
+    assert time.monotonic() - began < 30 - RESULT_RECHECK_SECONDS, "it waited for the timeout"
+    backend.client.delete(backend.get_key_for_task(task_id))
+
+
+def test_a_wait_for_a_result_never_stored_still_times_out(redis_db: RedisDb, unique: str) -> None:
+    from tests.reliability.conftest import client_for
+
+    client = client_for(redis_db.url)
+    with pytest.raises(ResultTimeoutError):
+        client.get_result(f"never-{unique}", timeout=RESULT_RECHECK_SECONDS + 0.5)
+    with pytest.raises(ResultTimeoutError):
+        client.get_result(f"never-{unique}", timeout=0)
