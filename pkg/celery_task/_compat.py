@@ -634,6 +634,19 @@ def forget_redbeat_client(app: Any) -> None:
 # ``celery inspect stats`` reads a pool's ``info`` property, which returns
 # ``BasePool._get_info()``: the method a pool overrides to add its own fields (the
 # threads pool does the same). :func:`base_pool_info` calls the base implementation.
+#
+# - The consumer's hub runs on the pool's asyncio loop (``worker/hubloop.py``), which
+#   waits on the hub's epoll set for it; kombu's poller exposes no descriptor, so
+#   :func:`hub_poll_fd` reads the ``select.epoll`` it keeps in ``_epoll``.
+
+
+def hub_poll_fd(hub: Any) -> int:
+    """The descriptor of the epoll set under kombu's hub poller (``_epoll._epoll``):
+    readable when the hub has events, so an asyncio loop can wait on it for the hub.
+    The asyncio pool's poller wrapper (``YieldingPoller``) is looked through."""
+    poller = hub.poller
+    poller = getattr(poller, "_poller", poller)
+    return int(poller._epoll.fileno())
 
 
 def base_pool_info(pool: Any) -> dict[str, Any]:

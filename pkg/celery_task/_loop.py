@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from greenlet import getcurrent
+
 __all__ = ["EventLoopThread", "process_loop", "run_coroutine", "run_task_coroutine", "task_coroutine_runner"]
 
 T = TypeVar("T")
@@ -130,9 +132,11 @@ def task_coroutine_runner(runner: Callable[[Coroutine[Any, Any, Any]], Any] | No
 
 
 def run_task_coroutine(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a task body's coroutine: through this thread's pool runner if one is set,
-    else on the process's long-lived loop."""
-    runner: Callable[[Coroutine[Any, Any, T]], T] | None = getattr(_task_runner, "run", None)
+    """Run a task body's coroutine: through the pool runner of this greenlet or thread
+    if one is set, else on the process's long-lived loop."""
+    runner: Callable[[Coroutine[Any, Any, T]], T] | None = getattr(getcurrent(), "task_runner", None)
+    if runner is None:
+        runner = getattr(_task_runner, "run", None)
     if runner is None:
         return run_coroutine(coro)
     return runner(coro)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,8 @@ def test_async_bodies_see_their_own_request_while_many_interleave(
 def test_async_bodies_see_their_own_request_on_prefork(
     stack: Stack, client: CeleryClient, session_tmp: Path, unique: str
 ) -> None:
+    import tests.support.async_tasks  # noqa: F401  (registers the tasks for the client's checks)
+
     queue = f"aio-prefork-{unique}"
     proc = start_worker(
         f"aio-prefork-{unique}", _env(stack), session_tmp / "aio", queues=[queue], concurrency=2
@@ -109,6 +112,29 @@ def test_async_bodies_see_their_own_request_on_prefork(
 def test_sync_task_runs_in_an_executor_thread(aio: AioWorker, client: CeleryClient) -> None:
     name = client.get_result(client.submit("aio.sync_where", queue=aio.queue).id, timeout=30)
     assert name.startswith("tasksys-aio")
+
+
+def _pool_stats(client: CeleryClient, aio: AioWorker) -> dict[str, Any]:
+    replies = client.app.control.inspect(timeout=5).stats() or {}
+    mine = [stats["pool"] for name, stats in replies.items() if name.startswith(f"aio-{aio.queue}@")]
+    assert len(mine) == 1, replies.keys()
+    return dict(mine[0])
+
+
+def test_async_tasks_are_traced_on_the_loop_and_sync_ones_in_threads(
+    aio: AioWorker, client: CeleryClient, unique: str
+) -> None:
+    """The consumer's hub runs on the loop, which traces ``async def`` tasks itself
+    (in greenlets); sync tasks go to the executor threads. Remote control still answers."""
+    before = _pool_stats(client, aio)
+    naps = [client.submit("aio.nap", [0.2, f"traced-{unique}"], queue=aio.queue).id for _ in range(20)]
+    syncs = [client.submit("aio.sync_where", queue=aio.queue).id for _ in range(3)]
+    assert [client.get_result(i, timeout=30) for i in naps] == [0.2] * 20
+    assert all(client.get_result(i, timeout=30).startswith("tasksys-aio") for i in syncs)
+    after = _pool_stats(client, aio)
+    assert after["hub-on-loop"] is True
+    assert after["traced-on-loop"] - before["traced-on-loop"] == 20
+    assert after["traced-in-threads"] - before["traced-in-threads"] == 3
 
 
 def test_soft_limit_reaches_the_coroutine_and_others_go_on(

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis
 from celery.exceptions import InvalidTaskError
+from celery.worker import loops
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -17,6 +18,7 @@ from .._deadletter import MAX_TEXT, dead_letters_for, error_of
 from .._errors import InvalidRequestError
 from .._limits import MAX_RECEIVED_DEPTH, check_json_value
 from .flow import FlowGate
+from .hubloop import run_hub_on_loop
 from .messages import REFUSED_HEADER
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "Consumer"]
@@ -58,6 +60,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             )
             self.flow_gate.dispatch_with(on_task_request)
         super().__init__(on_task_request, *args, **kwargs)
+        if getattr(self, "loop", None) is loops.asynloop and getattr(self.pool, "hub_on_loop", False):
+            self.loop = run_hub_on_loop(self.pool)
 
     def shutdown(self) -> None:
         """Celery's shutdown, then the flow slots still held are given back (their

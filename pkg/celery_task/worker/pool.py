@@ -1,10 +1,13 @@
 """An asyncio pool for ``celery worker``: many ``async def`` tasks at once per process.
 
-Each accepted message runs Celery's own tracer (states, result store, events, acks) in
-a thread of a bounded executor (``--concurrency`` threads); when the task body is a
-coroutine, the thread hands it to the process's long-lived loop (:mod:`.._loop`, the
-one the startup hooks opened their clients on) and waits, so the body is awaited on
-that loop, never in the thread. Sync bodies run in the thread, never on the loop.
+Everything runs on the process's long-lived loop (:mod:`.._loop`, the one the startup
+hooks opened their clients on): the consumer's hub (:mod:`.hubloop`), and for an
+``async def`` task Celery's own tracer (states, result store, events, acks) in a
+greenlet of the loop thread, which awaits the body as a loop task and gives the thread
+back to the loop meanwhile. One thread doing all the work costs no thread hand-offs and
+no fight for the GIL. Sync tasks run in a bounded executor (``--concurrency`` threads),
+never on the loop; if the body of a task thought sync turns out to be a coroutine, its
+thread hands it to the loop and waits.
 
 On the loop each body is driven by :class:`_Driven`, which turns the pool's
 cancellation into what the task should see: ``SoftTimeLimitExceeded`` raised at the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import os
 import resource
@@ -32,6 +36,7 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from greenlet import getcurrent, greenlet
 
 from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
@@ -134,6 +139,22 @@ class _Job:
         finally:
             loop.call_soon_threadsafe(self._clear_timers)
 
+    def run_coroutine_green(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Await ``coro`` as a task of the loop this greenlet runs on; switch back to the
+        loop until it is done (the tracer's greenlet waits, the loop thread does not)."""
+        me = getcurrent()
+        task = self.pool.loop.create_task(self._body(coro))
+        task.add_done_callback(lambda _: self.pool.resume_green(me))
+        try:
+            me.parent.switch()
+            return task.result()
+        except asyncio.CancelledError:
+            if self.hard_expired:
+                raise TimeLimitExceeded(self.timeout) from None
+            raise _Stopped from None
+        finally:
+            self._clear_timers()
+
     async def _body(self, coro: Coroutine[Any, Any, Any]) -> Any:
         self.task = asyncio.current_task()
         if self.stopped:
@@ -171,6 +192,8 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
     """Celery pool: up to ``limit`` tasks at once, ``async def`` bodies on one loop."""
 
     body_can_be_buffer = True
+    #: The consumer runs its hub on this pool's loop (:mod:`.hubloop`).
+    hub_on_loop = True
     signal_safe = False
     is_green = False
     task_join_will_block = False
@@ -187,6 +210,11 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         self._done_count = 0
         self._recycling = False
         self.max_tasks = self.options.get("maxtasksperchild") or 0
+        #: Set while the consumer's hub runs on the loop (:mod:`.hubloop`): ends its wait.
+        self.wake_hub: Callable[[], None] | None = None
+        #: Jobs traced in a greenlet on the loop (``async def``) and in the executor.
+        self.traced_on_loop = 0
+        self.traced_in_threads = 0
         self.max_memory_kb = self.options.get("max_memory_per_child") or 0
 
     @property
@@ -224,10 +252,42 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         job = _Job(self, name, soft_timeout, timeout)
         with self._lock:
             self.jobs.add(job)
-        job.future = self.executor.submit(
-            self._run_job, job, target, args or (), kwargs or {}, callback, accept_callback
-        )
+        run = (target, args or (), kwargs or {}, callback, accept_callback)
+        if self.hub_on_loop and self._is_async(args):
+            self.traced_on_loop += 1
+            self.loop.call_soon_threadsafe(self._start_green, job, run)
+        else:
+            self.traced_in_threads += 1
+            job.future = self.executor.submit(self._run_job, job, *run)
         return job
+
+    def resume_green(self, tracer: greenlet) -> None:
+        """On the loop: let a waiting tracer finish (store, ack), then wake the hub,
+        which can fetch again now that a slot is free."""
+        self._switch(tracer)
+        if self.wake_hub is not None:
+            self.wake_hub()
+
+    def _switch(self, tracer: greenlet, *args: Any, **kwargs: Any) -> None:
+        """Switch to ``tracer``; what escapes it (a ``BaseException`` the tracer lets
+        through) is logged here, where it would otherwise stop the loop itself."""
+        try:
+            tracer.switch(*args, **kwargs)
+        except BaseException:
+            logger.exception("asyncio pool: a task's tracer raised; its message is not acknowledged")
+
+    def _is_async(self, args: tuple[Any, ...] | None) -> bool:
+        """True when the task named in the tracer's ``args`` has an ``async def`` body."""
+        task = self.app.tasks.get(args[0]) if self.app is not None and args else None
+        run = getattr(task, "run", None)
+        return run is not None and inspect.iscoroutinefunction(inspect.unwrap(run))
+
+    def _start_green(self, job: _Job, run: tuple[Any, ...]) -> None:
+        """On the loop: trace an ``async def`` task in a greenlet of the loop thread,
+        so a task costs no thread hand-off (sync tasks stay in the executor)."""
+        tracer = greenlet(self._run_job)
+        tracer.task_runner = job.run_coroutine_green
+        self._switch(tracer, job, *run, green=True)
 
     def _run_job(
         self,
@@ -237,8 +297,10 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         kwargs: dict[str, Any],
         callback: Callable[..., Any] | None,
         accept_callback: Callable[..., Any] | None,
+        green: bool = False,
     ) -> None:
-        task_coroutine_runner(job.run_coroutine)
+        if not green:
+            task_coroutine_runner(job.run_coroutine)
         try:
             if job.stopped:
                 return
@@ -257,7 +319,8 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
             if callback is not None:
                 callback(ret)
         finally:
-            task_coroutine_runner(None)
+            if not green:
+                task_coroutine_runner(None)
             with self._lock:
                 self.jobs.discard(job)
                 self._done_count += 1
@@ -347,7 +410,15 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
 
     def _get_info(self) -> dict[str, Any]:
         info = base_pool_info(self)
-        info.update({"max-concurrency": self.limit, "running": len(self._running())})
+        info.update(
+            {
+                "max-concurrency": self.limit,
+                "running": len(self._running()),
+                "hub-on-loop": self.wake_hub is not None,
+                "traced-on-loop": self.traced_on_loop,
+                "traced-in-threads": self.traced_in_threads,
+            }
+        )
         return info
 
     @property
