@@ -80,3 +80,30 @@ def test_a_wait_for_a_result_never_stored_still_times_out(redis_db: RedisDb, uni
         client.get_result(f"never-{unique}", timeout=RESULT_RECHECK_SECONDS + 0.5)
     with pytest.raises(ResultTimeoutError):
         client.get_result(f"never-{unique}", timeout=0)
+
+
+def test_deferred_started_states_are_stored_in_one_batch_and_never_after_a_later_state(
+    redis_db: RedisDb, unique: str
+) -> None:
+    """With a STARTED delay, tasks still running after it get STARTED (written together,
+    through the store script); one that finished or retried first never does."""
+    from tests.reliability.conftest import client_for
+
+    app = client_for(redis_db.url).app
+    configure(app, started_delay=0.3)
+    running = [f"running-{unique}-{i}" for i in range(30)]
+    for task_id in running:
+        app.backend.store_result(task_id, None, states.STARTED)
+    app.backend.store_result(f"quick-{unique}", None, states.STARTED)
+    app.backend.store_result(f"quick-{unique}", 7, states.SUCCESS)
+    app.backend.store_result(f"retried-{unique}", None, states.STARTED)
+    app.backend.store_result(f"retried-{unique}", None, states.RETRY)
+    assert app.backend.get_task_meta(running[0])["status"] == states.PENDING  # not yet
+    deadline = time.monotonic() + 10
+    while app.backend.get_task_meta(running[-1])["status"] != states.STARTED:
+        assert time.monotonic() < deadline, "the deferred STARTED states never landed"
+        time.sleep(0.05)
+    assert {app.backend.get_task_meta(t)["status"] for t in running} == {states.STARTED}
+    time.sleep(0.5)
+    assert app.backend.get_task_meta(f"quick-{unique}")["status"] == states.SUCCESS
+    assert app.backend.get_task_meta(f"retried-{unique}")["status"] == states.RETRY

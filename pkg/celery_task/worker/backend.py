@@ -8,7 +8,8 @@ atomic round trip, and writes STARTED only for tasks that are still running.
   atomically in one, with the same value, expiry and notification.
 - With ``task_track_started`` every task writes STARTED, and a short task overwrites
   it a few milliseconds later. STARTED is written once the task has run for
-  ``tasksys_started_delay`` seconds (0: at once, as Celery does); any later state of
+  ``tasksys_started_delay`` seconds (0: at once, as Celery does), those falling due
+  together written in one pipelined round trip; any later state of
   the task cancels a pending STARTED, so STARTED never lands after it; and a stored
   final state (also one another process wrote, like the API's REVOKED) is never
   replaced by a state that is not final.
@@ -26,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +43,12 @@ from .._options import options_of
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
 logger = logging.getLogger(__name__)
+
+#: Most deferred STARTED states written in one pipelined round trip.
+DEFERRED_BATCH_MAX = 100
+#: A deferred write waits this fraction of the delay longer, so that those falling due
+#: just after it go out in the same round trip.
+DEFERRED_COALESCE = 0.25
 
 #: Exit status of a pool process that could not store a result (EX_TEMPFAIL).
 STORE_FAILED_EXIT = 75
@@ -124,12 +132,12 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         deferred = self.__dict__.get("_tasksys_deferred")
         if deferred is None or deferred.pid != os.getpid():
             deferred = self.__dict__["_tasksys_deferred"] = _DeferredWrites(
-                lambda *args: self.ensure(self._store_unless_success, args), delay
+                lambda batch: self.ensure(self._store_many_unless_success, (batch,)), delay
             )
         return deferred
 
     def _store_unless_success(self, key: bytes, value: str, expires: Any, progress: bool = False) -> None:
-        seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
+        seconds = _seconds(expires)
         # Only workers wait for memory; a producer (the API's revoke) answers at once.
         options = options_of(self.app)
         period = options.store_oom_retry_period if options.store_oom_retry else 0.0
@@ -155,6 +163,22 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
                 time.sleep(min(delay, max(deadline - now, 0.0)))
                 delay = min(delay * 2, 2.0)
 
+    def _store_many_unless_success(self, batch: list[tuple[Any, ...]]) -> None:
+        """Store several ``(key, value, expires, progress)`` states in one pipelined
+        round trip; one Redis refused for lack of memory is stored again on its own,
+        with the out-of-memory retries of :meth:`_store_unless_success`."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for key, value, expires, progress in batch:
+                self._store_script(
+                    keys=[key], args=[value, _seconds(expires), "1" if progress else "0"], client=pipe
+                )
+            replies = pipe.execute(raise_on_error=False)
+        for args, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, redis.exceptions.OutOfMemoryError):
+                self._store_unless_success(*args)
+            elif isinstance(reply, Exception):
+                raise reply
+
     def _give_up_store(self, key: bytes, exc: Exception) -> None:
         """In a pool process, exit so the worker requeues the message; elsewhere the
         error is raised to the caller."""
@@ -177,16 +201,25 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         return script
 
 
+def _seconds(expires: Any) -> int:
+    """A result expiry (timedelta, seconds or None) as whole seconds, 0 for none."""
+    return int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
+
+
 class _DeferredWrites:
     """Writes queued by key after a delay, on a daemon thread of this process.
 
-    The lock is held while a write runs, so :meth:`cancel` returns only once a write
-    already under way for that key has finished: a later write can never be overtaken.
+    Every write waits the same delay, so the order of insertion is the order in which
+    they fall due: the earliest is the first entry (no scan of the pending ones). The
+    thread waits a further fraction of the delay past it, then hands all that are due
+    to ``write_many`` together, in one round trip. The lock is
+    held while writes run, so :meth:`cancel` returns only once a write already under
+    way for that key has finished: a later write can never be overtaken.
     """
 
-    def __init__(self, write: Any, delay: float) -> None:
+    def __init__(self, write_many: Callable[[list[tuple[Any, ...]]], None], delay: float) -> None:
         self.pid = os.getpid()
-        self.write = write
+        self.write_many = write_many
         self.delay = delay
         self.lock = threading.Lock()
         self.wakeup = threading.Condition(self.lock)
@@ -194,18 +227,34 @@ class _DeferredWrites:
         self.thread: threading.Thread | None = None
 
     def add(self, key: Any, args: tuple[Any, ...]) -> None:
-        """Write ``args`` after the delay unless cancelled first."""
+        """Write ``args`` after the delay unless cancelled first (a key added again
+        waits the delay anew, with the newer ``args``)."""
         with self.lock:
+            was_idle = not self.pending
+            self.pending.pop(key, None)
             self.pending[key] = (time.monotonic() + self.delay, args)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="tasksys-deferred-started", daemon=True)
                 self.thread.start()
-            self.wakeup.notify()
+            if was_idle:
+                self.wakeup.notify()
 
     def cancel(self, key: Any) -> None:
         """Drop a pending write (waiting for one that is being written)."""
         with self.lock:
             self.pending.pop(key, None)
+
+    def _take_due(self) -> list[tuple[Any, ...]]:
+        """Remove and return the writes that are due, earliest first."""
+        now = time.monotonic()
+        due: list[tuple[Any, tuple[Any, ...]]] = []
+        for key, (when, args) in self.pending.items():
+            if when > now or len(due) >= DEFERRED_BATCH_MAX:
+                break
+            due.append((key, args))
+        for key, _ in due:
+            del self.pending[key]
+        return [args for _, args in due]
 
     def _run(self) -> None:
         with self.lock:
@@ -213,13 +262,18 @@ class _DeferredWrites:
                 if not self.pending:
                     self.wakeup.wait()
                     continue
-                key, (due, args) = min(self.pending.items(), key=lambda item: item[1][0])
-                wait = due - time.monotonic()
+                first = next(iter(self.pending.values()))[0]
+                wait = first + self.delay * DEFERRED_COALESCE - time.monotonic()
                 if wait > 0:
                     self.wakeup.wait(wait)
                     continue
-                del self.pending[key]
+                batch = self._take_due()
                 try:
-                    self.write(*args)
+                    self.write_many(batch)
                 except Exception:  # a loop boundary: report and keep serving other tasks
-                    logger.warning("could not store the STARTED state of %r", key, exc_info=True)
+                    logger.warning(
+                        "could not store the STARTED state of %d task(s), first %r",
+                        len(batch),
+                        batch[0][0],
+                        exc_info=True,
+                    )
