@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -88,10 +89,29 @@ def tree(proc: ManagedProcess) -> list[psutil.Process]:
     return [parent, *parent.children(recursive=True)]
 
 
+def open_http_connections(procs: list[psutil.Process], port: int) -> int:
+    """Established TCP connections of the worker tree to the local HTTP server."""
+    count = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            count += sum(
+                1
+                for conn in proc.net_connections(kind="tcp")
+                if conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
+            )
+    return count
+
+
 def run_one(
-    db: redis.Redis, start: Callable[[], ManagedProcess], enqueue: Callable[[], None], total: int
+    db: redis.Redis,
+    start: Callable[[], ManagedProcess],
+    enqueue: Callable[[], None],
+    total: int,
+    http_port: int | None = None,
 ) -> dict[str, float]:
-    """Start the worker, wait until it is idle-ready, enqueue, time the drain."""
+    """Start the worker, wait until it is idle-ready, enqueue, time the drain. For HTTP
+    runs also the peak of open connections to the server: httpx's pool grows with the
+    requests in flight, and each request then pays for a pass over all of them."""
     db.delete("bench:done", "bench:latency")
     worker = start()
     try:
@@ -100,22 +120,29 @@ def run_one(
         enqueue()
         cpu0 = sum(p.cpu_times().user + p.cpu_times().system for p in tree(worker))
         deadline = time.monotonic() + 900
-        peak = 0.0
+        peak, conns, polls = 0.0, 0, 0
         while int(db.get("bench:done") or 0) < total:
             if not worker.alive() or time.monotonic() > deadline:
                 raise AssertionError(f"worker stopped or too slow:\n{worker.log()[-3000:]}")
-            peak = max(peak, sum(p.memory_info().rss for p in tree(worker)) / 2**20)
+            procs = tree(worker)
+            peak = max(peak, sum(p.memory_info().rss for p in procs) / 2**20)
+            if http_port is not None and polls % 10 == 0:
+                conns = max(conns, open_http_connections(procs, http_port))
+            polls += 1
             time.sleep(0.05)
         took = time.perf_counter() - began
         cpu = sum(p.cpu_times().user + p.cpu_times().system for p in tree(worker)) - cpu0
         lat = [float(x) for x in db.lrange("bench:latency", 0, -1)]
-        return {
+        figures = {
             "per_s": round(total / took, 1),
             "p50_start_s": round(percentile(lat, 50), 3),
             "p99_start_s": round(percentile(lat, 99), 3),
             "cpu_s": round(cpu, 1),
             "rss_mib": round(peak, 1),
         }
+        if http_port is not None:
+            figures["peak_http_conns"] = conns
+        return figures
     finally:
         worker.stop()
 
@@ -200,7 +227,7 @@ def main() -> int:
                         total,
                     )
                     for name, (start, enqueue, n) in setups.items():
-                        rates[name] = run_one(db, start, enqueue, n)
+                        rates[name] = run_one(db, start, enqueue, n, port if http else None)
                         print(f"  {per} {name}: {rates[name]}", flush=True)
                     a = rates["asyncio"]
                     report.add(

@@ -125,7 +125,8 @@ def test_async_tasks_are_traced_on_the_loop_and_sync_ones_in_threads(
     aio: AioWorker, client: CeleryClient, unique: str
 ) -> None:
     """The consumer's hub runs on the loop, which traces ``async def`` tasks itself
-    (in greenlets); sync tasks go to the executor threads. Remote control still answers."""
+    (in greenlets, their Redis writes pipelined); sync tasks go to the executor threads.
+    Remote control still answers."""
     before = _pool_stats(client, aio)
     naps = [client.submit("aio.nap", [0.2, f"traced-{unique}"], queue=aio.queue).id for _ in range(20)]
     syncs = [client.submit("aio.sync_where", queue=aio.queue).id for _ in range(3)]
@@ -135,6 +136,12 @@ def test_async_tasks_are_traced_on_the_loop_and_sync_ones_in_threads(
     assert after["hub-on-loop"] is True
     assert after["traced-on-loop"] - before["traced-on-loop"] == 20
     assert after["traced-in-threads"] - before["traced-in-threads"] == 3
+    # Their result stores and acks went out pipelined (a first NOSCRIPT falls back),
+    # tracers finishing in the same loop turn sharing round trips.
+    writes = after["pipelined-writes"] - before["pipelined-writes"]
+    trips = after["pipelined-round-trips"] - before["pipelined-round-trips"]
+    assert writes >= 2 * 20 - 2, (writes, trips)
+    assert trips < writes, (writes, trips)
 
 
 def test_soft_limit_reaches_the_coroutine_and_others_go_on(

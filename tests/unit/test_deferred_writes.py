@@ -80,3 +80,29 @@ def test_a_failed_batch_is_reported_and_later_writes_still_go_out() -> None:
     writes.add("y", ("y",))
     assert second.wait(5)
     assert calls == [[("x",)], [("y",)]]
+
+
+def test_a_cancel_waits_for_its_own_write_under_way_only() -> None:
+    started, release = threading.Event(), threading.Event()
+    written: list[Any] = []
+
+    def slow(batch: list[tuple[Any, ...]]) -> None:
+        started.set()
+        release.wait(5)
+        written.extend(batch)
+
+    writes = _DeferredWrites(slow, delay=0.05)
+    writes.add("busy", ("busy",))
+    assert started.wait(5)
+    other = threading.Thread(target=writes.cancel, args=("other",))
+    other.start()
+    other.join(5)
+    assert not other.is_alive()  # nothing of its own was being written: it did not wait
+    cancelled = threading.Event()
+    waiter = threading.Thread(target=lambda: (writes.cancel("busy"), cancelled.set()))
+    waiter.start()
+    assert not cancelled.wait(0.3)  # its write is under way: the cancel waits for it
+    release.set()
+    assert cancelled.wait(5)
+    waiter.join(5)
+    assert written == [("busy",)]

@@ -39,6 +39,7 @@ from celery.exceptions import BackendStoreError
 
 from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
+from .greenio import pipelined
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
@@ -122,8 +123,18 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
             return result
         if deferred is not None:
             deferred.cancel(key)
-        self.ensure(self._store_unless_success, (key, value, expires, state not in self.READY_STATES))
+        progress = state not in self.READY_STATES
+        if not self._store_pipelined(key, value, expires, progress):
+            self.ensure(self._store_unless_success, (key, value, expires, progress))
         return result
+
+    def _store_pipelined(self, key: bytes, value: str, expires: Any, progress: bool) -> bool:
+        """In a tracer greenlet of the asyncio pool: the store, sent with the other
+        writes of the loop turn (:mod:`.greenio`). False when it was not stored so."""
+        sha = self._store_script.sha
+        args = (sha, 1, key, value, _seconds(expires), "1" if progress else "0")
+        replies = pipelined(self.client, lambda pipe: pipe.evalsha(*args))
+        return replies is not None and not any(isinstance(reply, Exception) for reply in replies)
 
     def _deferred_started(self) -> _DeferredWrites | None:
         delay = options_of(self.app).started_delay
@@ -212,9 +223,9 @@ class _DeferredWrites:
     Every write waits the same delay, so the order of insertion is the order in which
     they fall due: the earliest is the first entry (no scan of the pending ones). The
     thread waits a further fraction of the delay past it, then hands all that are due
-    to ``write_many`` together, in one round trip. The lock is
-    held while writes run, so :meth:`cancel` returns only once a write already under
-    way for that key has finished: a later write can never be overtaken.
+    to ``write_many`` together, in one round trip. :meth:`cancel` of a key whose write
+    is under way returns only once that write has finished, so a later write can never
+    be overtaken; the cancel of any other key does not wait for it.
     """
 
     def __init__(self, write_many: Callable[[list[tuple[Any, ...]]], None], delay: float) -> None:
@@ -223,6 +234,8 @@ class _DeferredWrites:
         self.delay = delay
         self.lock = threading.Lock()
         self.wakeup = threading.Condition(self.lock)
+        self.written = threading.Condition(self.lock)
+        self.writing: set[Any] = set()
         self.pending: dict[Any, tuple[float, tuple[Any, ...]]] = {}
         self.thread: threading.Thread | None = None
 
@@ -243,9 +256,11 @@ class _DeferredWrites:
         """Drop a pending write (waiting for one that is being written)."""
         with self.lock:
             self.pending.pop(key, None)
+            while key in self.writing:
+                self.written.wait()
 
-    def _take_due(self) -> list[tuple[Any, ...]]:
-        """Remove and return the writes that are due, earliest first."""
+    def _take_due(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        """Remove and return the writes that are due (key, args), earliest first."""
         now = time.monotonic()
         due: list[tuple[Any, tuple[Any, ...]]] = []
         for key, (when, args) in self.pending.items():
@@ -254,7 +269,7 @@ class _DeferredWrites:
             due.append((key, args))
         for key, _ in due:
             del self.pending[key]
-        return [args for _, args in due]
+        return due
 
     def _run(self) -> None:
         with self.lock:
@@ -268,8 +283,10 @@ class _DeferredWrites:
                     self.wakeup.wait(wait)
                     continue
                 batch = self._take_due()
+                self.writing = {key for key, _ in batch}
+                self.lock.release()
                 try:
-                    self.write_many(batch)
+                    self.write_many([args for _, args in batch])
                 except Exception:  # a loop boundary: report and keep serving other tasks
                     logger.warning(
                         "could not store the STARTED state of %d task(s), first %r",
@@ -277,3 +294,7 @@ class _DeferredWrites:
                         batch[0][0],
                         exc_info=True,
                     )
+                finally:
+                    self.lock.acquire()
+                    self.writing = set()
+                    self.written.notify_all()

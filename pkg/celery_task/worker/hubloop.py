@@ -55,9 +55,11 @@ class HubOnLoop:
     """Drives one run of ``asynloop`` in a greenlet on ``loop``; :meth:`run` blocks the
     calling (main) thread until it ends and re-raises what it raised."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hub: Any, pipeline: Any = None) -> None:
         self.loop = loop
         self.hub = hub
+        #: Where the hub's Redis writes (acks) go out with the loop turn's tracer writes.
+        self.pipeline = pipeline
         self._stop: BaseException | None = None
         self._driver: greenlet | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -84,6 +86,8 @@ class HubOnLoop:
         escape an asyncio task, which would stop the loop thread itself."""
         self._driver = greenlet.getcurrent()
         child = greenlet(run)
+        if self.pipeline is not None:
+            child.deferred_pipeline = self.pipeline
         try:
             wait = child.switch()
             while not child.dead:
@@ -141,7 +145,7 @@ def run_hub_on_loop(pool: Any) -> Callable[..., Any]:
     ``pool`` (the asyncio pool; its loop is started by then)."""
 
     def hub_loop(obj: Any, connection: Any, consumer: Any, blueprint: Any, hub: Any, *rest: Any) -> Any:
-        driver = HubOnLoop(pool.loop, hub)
+        driver = HubOnLoop(pool.loop, hub, getattr(pool, "green_pipeline", None))
         poller = hub.poller
         hub.poller = YieldingPoller(poller, driver.yield_to)
         pool.wake_hub = driver.wake

@@ -4,8 +4,9 @@ Everything runs on the process's long-lived loop (:mod:`.._loop`, the one the st
 hooks opened their clients on): the consumer's hub (:mod:`.hubloop`), and for an
 ``async def`` task Celery's own tracer (states, result store, events, acks) in a
 greenlet of the loop thread, which awaits the body as a loop task and gives the thread
-back to the loop meanwhile. One thread doing all the work costs no thread hand-offs and
-no fight for the GIL. Sync tasks run in a bounded executor (``--concurrency`` threads),
+back to the loop meanwhile; its result store and ack go out pipelined with the other
+writes of the loop turn (:mod:`.greenio`). One thread doing all the work costs no thread
+hand-offs and no fight for the GIL. Sync tasks run in a bounded executor (``--concurrency`` threads),
 never on the loop; if the body of a task thought sync turns out to be a coroutine, its
 thread hands it to the loop and waits.
 
@@ -40,6 +41,7 @@ from greenlet import getcurrent, greenlet
 
 from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
+from .greenio import GreenPipeline
 
 __all__ = ["POOL_PATH", "AsyncioPool", "BLOCKED_LOOP_SECONDS"]
 
@@ -215,6 +217,8 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         #: Jobs traced in a greenlet on the loop (``async def``) and in the executor.
         self.traced_on_loop = 0
         self.traced_in_threads = 0
+        #: Result stores and acks of the tracers on the loop, one pipeline per turn.
+        self.green_pipeline: GreenPipeline | None = None
         self.max_memory_kb = self.options.get("max_memory_per_child") or 0
 
     @property
@@ -225,6 +229,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
     def on_start(self) -> None:
         """Start the loop (if the hooks have not), the executor and the watchdog."""
         self.loop_thread.start()
+        self.green_pipeline = GreenPipeline(self.loop, after_flush=self._wake_hub)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.limit, thread_name_prefix="tasksys-aio"
         )
@@ -265,6 +270,9 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         """On the loop: let a waiting tracer finish (store, ack), then wake the hub,
         which can fetch again now that a slot is free."""
         self._switch(tracer)
+        self._wake_hub()
+
+    def _wake_hub(self) -> None:
         if self.wake_hub is not None:
             self.wake_hub()
 
@@ -287,6 +295,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         so a task costs no thread hand-off (sync tasks stay in the executor)."""
         tracer = greenlet(self._run_job)
         tracer.task_runner = job.run_coroutine_green
+        tracer.green_pipeline = self.green_pipeline
         self._switch(tracer, job, *run, green=True)
 
     def _run_job(
@@ -417,6 +426,8 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
                 "hub-on-loop": self.wake_hub is not None,
                 "traced-on-loop": self.traced_on_loop,
                 "traced-in-threads": self.traced_in_threads,
+                "pipelined-writes": getattr(self.green_pipeline, "commands", 0),
+                "pipelined-round-trips": getattr(self.green_pipeline, "flushes", 0),
             }
         )
         return info

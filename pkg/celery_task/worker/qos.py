@@ -14,6 +14,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from .._compat import held_message, hold_in_memory, raw_payload, release_in_memory, restore_targets
+from .greenio import deferred, pipelined
 
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
@@ -154,7 +155,25 @@ class ScriptedQoS(kombu_redis.QoS):
             with self.channel.conn_or_acquire() as client:
                 self.channel.script(client, "release", _RELEASE_SCRIPT)(keys=keys, args=args, client=client)
 
-        retry_out_of_memory(f"acknowledging message {delivery_tag}", release)
+        def release_retried() -> None:
+            retry_out_of_memory(f"acknowledging message {delivery_tag}", release)
+
+        if not self._release_pipelined(keys, args, release_retried):
+            release_retried()
+
+    def _release_pipelined(self, keys: list[str], args: list[str], fallback: Callable[[], None]) -> bool:
+        """On the asyncio pool's loop thread: the ack, sent with the other writes of the
+        loop turn (:mod:`.greenio`). False when it is not made so (make it yourself)."""
+        with self.channel.conn_or_acquire() as client:
+            sha = self.channel.script(client, "release", _RELEASE_SCRIPT).sha
+
+            def commands(pipe: Any) -> None:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+
+            if deferred(client, commands, fallback):
+                return True
+            replies = pipelined(client, commands)
+        return replies is not None and not any(isinstance(reply, Exception) for reply in replies)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         """Kombu's sweep of messages whose holder stopped beating; while Redis is out of

@@ -1,0 +1,130 @@
+"""The asyncio pool's pipeline for tracer writes (``worker/greenio.py``) on a real loop
+thread and a real Redis: tracers parked in one loop turn share one round trip per
+server, each resumes with its own replies, and a failed send leaves them to their own
+calls."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from greenlet import greenlet
+
+from pkg.celery_task._loop import EventLoopThread
+from pkg.celery_task.worker.greenio import GreenPipeline, deferred, pipelined
+from tests.support.services import RedisDb
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def loop_thread() -> Iterator[EventLoopThread]:
+    thread = EventLoopThread("test-green-pipeline")
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+def _run_tracers(loop: asyncio.AbstractEventLoop, batch: GreenPipeline, bodies: list[Any]) -> list[Any]:
+    """Start one tracer greenlet per body in the same loop turn; their results."""
+    done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+    results: list[Any] = [None] * len(bodies)
+    left = [len(bodies)]
+
+    def finish(index: int, body: Any) -> None:
+        results[index] = body()
+        left[0] -= 1
+        if left[0] == 0:
+            done.set_result(results)
+
+    def start() -> None:
+        for index, body in enumerate(bodies):
+            tracer = greenlet(lambda i=index, b=body: finish(i, b))
+            tracer.green_pipeline = batch
+            tracer.switch()
+
+    loop.call_soon_threadsafe(start)
+    return done.result(10)
+
+
+def test_tracers_of_one_turn_share_a_round_trip_and_get_their_own_replies(
+    loop_thread: EventLoopThread, redis_db: RedisDb, unique: str
+) -> None:
+    client = redis.Redis.from_url(redis_db.url)
+    flushed: list[int] = []
+    batch = GreenPipeline(loop_thread.loop, after_flush=lambda: flushed.append(batch.flushes))
+
+    def body(i: int) -> Any:
+        first = pipelined(client, lambda pipe: pipe.incr(f"n-{unique}").set(f"k-{unique}-{i}", i))
+        second = pipelined(client, lambda pipe: pipe.get(f"k-{unique}-{i}"))
+        return first, second
+
+    results = _run_tracers(loop_thread.loop, batch, [lambda i=i: body(i) for i in range(10)])
+    assert sorted(r[0][0] for r in results) == list(range(1, 11))
+    assert [r[0][1] for r in results] == [True] * 10
+    assert [r[1] for r in results] == [[str(i).encode()] for i in range(10)]
+    assert batch.flushes == 2 and batch.commands == 30  # 10 x (INCR, SET), then 10 x GET
+    assert flushed == [1, 2]
+
+
+def test_each_server_gets_its_own_pipeline_and_error_replies_come_back_as_values(
+    loop_thread: EventLoopThread, redis_db: RedisDb, other_redis_db: RedisDb, unique: str
+) -> None:
+    one, two = redis.Redis.from_url(redis_db.url), redis.Redis.from_url(other_redis_db.url)
+    batch = GreenPipeline(loop_thread.loop)
+    results = _run_tracers(
+        loop_thread.loop,
+        batch,
+        [
+            lambda: pipelined(one, lambda pipe: pipe.set(f"a-{unique}", 1)),
+            lambda: pipelined(two, lambda pipe: pipe.evalsha("0" * 40, 0)),
+        ],
+    )
+    assert results[0] == [True]
+    assert isinstance(results[1][0], redis.exceptions.NoScriptError)
+    assert batch.flushes == 2
+    assert one.get(f"a-{unique}") == b"1" and two.get(f"a-{unique}") is None
+
+
+def test_a_failed_send_leaves_the_callers_to_their_own_calls(loop_thread: EventLoopThread) -> None:
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens
+    batch = GreenPipeline(loop_thread.loop)
+    results = _run_tracers(loop_thread.loop, batch, [lambda: pipelined(gone, lambda pipe: pipe.ping())])
+    assert results == [None]
+    assert batch.flushes == 0
+
+
+def test_outside_a_tracer_greenlet_nothing_is_pipelined(redis_db: RedisDb) -> None:
+    client = redis.Redis.from_url(redis_db.url)
+    assert pipelined(client, lambda pipe: pipe.ping()) is None
+
+
+def test_the_hubs_deferred_writes_go_out_with_the_turn_and_fall_back_when_they_fail(
+    loop_thread: EventLoopThread, redis_db: RedisDb, unique: str
+) -> None:
+    client = redis.Redis.from_url(redis_db.url)
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    batch = GreenPipeline(loop_thread.loop)
+    fallbacks: list[str] = []
+    done: concurrent.futures.Future[tuple[bool, bool]] = concurrent.futures.Future()
+
+    def hub() -> None:
+        queued = deferred(client, lambda pipe: pipe.set(f"acked-{unique}", 1), lambda: fallbacks.append("ok"))
+        failed = deferred(gone, lambda pipe: pipe.ping(), lambda: fallbacks.append("gone"))
+        done.set_result((queued, failed))
+
+    def start() -> None:
+        driver = greenlet(hub)
+        driver.deferred_pipeline = batch
+        driver.switch()
+
+    loop_thread.loop.call_soon_threadsafe(start)
+    assert done.result(10) == (True, True)  # the hub did not wait for the writes
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop_thread.loop).result(10)
+    assert client.get(f"acked-{unique}") == b"1"
+    assert fallbacks == ["gone"]
+    assert deferred(client, lambda pipe: pipe.ping(), lambda: None) is False  # not the hub
