@@ -20,7 +20,8 @@ def _clients_here() -> tuple[redis.asyncio.Redis, httpx.AsyncClient]:
     """One async Redis and one httpx client per process (made on its first task's loop),
     each sized for every task of the process at once (redis-py's own pool stops at 100)."""
     if os.getpid() not in _clients:
-        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+        keepalive = int(os.environ.get("BENCH_HTTP_KEEPALIVE", "2000"))
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=keepalive)
         _clients[os.getpid()] = (
             redis.asyncio.Redis.from_url(os.environ["BENCH_REDIS_URL"], max_connections=2000),
             httpx.AsyncClient(limits=limits, timeout=30),

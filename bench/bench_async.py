@@ -175,10 +175,19 @@ def celery_argv(pool: str, concurrency: int, name: str, processes: int) -> list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--http-keepalive",
+        type=int,
+        default=2000,
+        help="httpx max_keepalive_connections of the task bodies (default 2000: never closes one)",
+    )
     args = parser.parse_args()
     total = 2000 if args.quick else 10_000
     slow_total = 200 if args.quick else 1000  # prefork at 4 x 20/s: its rate, not its full drain
-    report = Report("bench_async", "python -m bench.bench_async" + (" --quick" if args.quick else ""))
+    command = "python -m bench.bench_async" + (" --quick" if args.quick else "")
+    if args.http_keepalive != 2000:
+        command += f" --http-keepalive {args.http_keepalive}"
+    report = Report("bench_async", command)
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-async-{os.getpid()}"
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE)
@@ -187,7 +196,11 @@ def main() -> int:
     try:
         with (
             private_redis() as redis_server,
-            bench_env(redis_server, CELERY_EXTRA_INCLUDE="bench.tasks,bench.async_tasks") as env,
+            bench_env(
+                redis_server,
+                CELERY_EXTRA_INCLUDE="bench.tasks,bench.async_tasks",
+                BENCH_HTTP_KEEPALIVE=str(args.http_keepalive),
+            ) as env,
         ):
             db = redis.Redis.from_url(redis_server.url)
             for kind, http in (("sleep", None), ("http", http_url)):
