@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pkg.celery_task._loop import EventLoopThread
 from tests.support.services import RedisDb, port_open, require_redis, reserve_redis_db
 
 _session_db: RedisDb | None = None
@@ -96,6 +97,15 @@ def redis_db() -> Iterator[RedisDb]:
 def other_redis_db() -> Iterator[RedisDb]:
     """A second empty database for one test, besides ``redis_db``."""
     yield from _reserved_db()
+
+
+@pytest.fixture()
+def loop_thread() -> Iterator[EventLoopThread]:
+    """A running event loop thread of the kind each worker process has, stopped after."""
+    thread = EventLoopThread("test-loop")
+    thread.start()
+    yield thread
+    thread.stop()
 
 
 @pytest.fixture()

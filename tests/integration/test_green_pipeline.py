@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from pkg.celery_task.worker.greenio import GreenPipeline, deferred, pipelined
 from tests.support.services import RedisDb
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def loop_thread() -> Iterator[EventLoopThread]:
-    thread = EventLoopThread("test-green-pipeline")
-    thread.start()
-    yield thread
-    thread.stop()
 
 
 def _run_tracers(loop: asyncio.AbstractEventLoop, batch: GreenPipeline, bodies: list[Any]) -> list[Any]:

@@ -17,14 +17,6 @@ from pkg.celery_task.worker.hubloop import HubOnLoop, YieldingPoller
 
 
 @pytest.fixture()
-def loop_thread() -> Iterator[EventLoopThread]:
-    thread = EventLoopThread("test-hub-loop")
-    thread.start()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture()
 def hub() -> Iterator[Hub]:
     hub = Hub()
     yield hub
@@ -56,7 +48,7 @@ def test_the_hub_runs_on_the_loop_thread_and_wakes_for_a_readable_socket(
         return threading.current_thread().name
 
     try:
-        assert driver.run(consume) == "test-hub-loop"
+        assert driver.run(consume) == "test-loop"
         assert seen == ["ping"]
     finally:
         left.close()
@@ -136,4 +128,4 @@ def test_an_interrupted_main_thread_unwinds_the_hub_with_the_same_error(
     with pytest.raises(KeyboardInterrupt):
         driver.run(loop_forever)
     assert started.is_set()
-    assert unwound == ["test-hub-loop"]
+    assert unwound == ["test-loop"]
