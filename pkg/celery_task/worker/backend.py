@@ -39,7 +39,7 @@ from celery.exceptions import BackendStoreError
 
 from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
-from .greenio import pipelined
+from .greenio import on_loop_pipeline, pipelined
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
@@ -131,6 +131,8 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
     def _store_pipelined(self, key: bytes, value: str, expires: Any, progress: bool) -> bool:
         """In a tracer greenlet of the asyncio pool: the store, sent with the other
         writes of the loop turn (:mod:`.greenio`). False when it was not stored so."""
+        if not on_loop_pipeline():
+            return False
         sha = self._store_script.sha
         args = (sha, 1, key, value, _seconds(expires), "1" if progress else "0")
         replies = pipelined(self.client, lambda pipe: pipe.evalsha(*args))
@@ -184,11 +186,14 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
                     keys=[key], args=[value, _seconds(expires), "1" if progress else "0"], client=pipe
                 )
             replies = pipe.execute(raise_on_error=False)
+        failed: Exception | None = None
         for args, reply in zip(batch, replies, strict=True):
             if isinstance(reply, redis.exceptions.OutOfMemoryError):
                 self._store_unless_success(*args)
             elif isinstance(reply, Exception):
-                raise reply
+                failed = failed or reply
+        if failed is not None:
+            raise failed
 
     def _give_up_store(self, key: bytes, exc: Exception) -> None:
         """In a pool process, exit so the worker requeues the message; elsewhere the

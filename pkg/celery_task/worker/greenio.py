@@ -24,7 +24,7 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-__all__ = ["GreenPipeline", "deferred", "pipelined"]
+__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pipelined"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,13 @@ class GreenPipeline:
         self.commands += len(sent)
         for index, start, end in spans:
             replies[index] = sent[start:end]
+
+
+def on_loop_pipeline() -> bool:
+    """True when the caller (a tracer or the hub of the asyncio pool) sends its Redis
+    writes through a :class:`GreenPipeline`; a cheap check before building them."""
+    current = getcurrent()
+    return hasattr(current, "green_pipeline") or hasattr(current, "deferred_pipeline")
 
 
 def deferred(client: Any, commands: Commands, fallback: Callable[[], None]) -> bool:

@@ -5,10 +5,11 @@ hooks opened their clients on): the consumer's hub (:mod:`.hubloop`), and for an
 ``async def`` task Celery's own tracer (states, result store, events, acks) in a
 greenlet of the loop thread, which awaits the body as a loop task and gives the thread
 back to the loop meanwhile; its result store and ack go out pipelined with the other
-writes of the loop turn (:mod:`.greenio`). One thread doing all the work costs no thread
-hand-offs and no fight for the GIL. Sync tasks run in a bounded executor (``--concurrency`` threads),
-never on the loop; if the body of a task thought sync turns out to be a coroutine, its
-thread hands it to the loop and waits.
+writes of the loop turn (:mod:`.greenio`). One thread doing all the work costs no
+thread hand-offs and no fight for the GIL. Sync tasks run in a bounded executor
+(``--concurrency`` threads), never on the loop; if the body of a task thought sync
+turns out to be a coroutine, its thread hands it to the loop and waits. Where the hub
+does not run on the loop (a consumer other than ours), every task takes the executor.
 
 On the loop each body is driven by :class:`_Driven`, which turns the pool's
 cancellation into what the task should see: ``SoftTimeLimitExceeded`` raised at the
@@ -266,7 +267,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         with self._lock:
             self.jobs.add(job)
         run = (target, args or (), kwargs or {}, callback, accept_callback)
-        if self.hub_on_loop and self._is_async(args):
+        if self.wake_hub is not None and self._is_async(args):
             self.traced_on_loop += 1
             # From the hub on the loop thread no wake-up write is needed (one syscall less).
             schedule = self.loop.call_soon if _running_loop() is self.loop else self.loop.call_soon_threadsafe

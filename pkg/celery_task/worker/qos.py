@@ -14,7 +14,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from .._compat import held_message, hold_in_memory, raw_payload, release_in_memory, restore_targets
-from .greenio import deferred, pipelined
+from .greenio import deferred, on_loop_pipeline, pipelined
 
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
@@ -164,6 +164,8 @@ class ScriptedQoS(kombu_redis.QoS):
     def _release_pipelined(self, keys: list[str], args: list[str], fallback: Callable[[], None]) -> bool:
         """On the asyncio pool's loop thread: the ack, sent with the other writes of the
         loop turn (:mod:`.greenio`). False when it is not made so (make it yourself)."""
+        if not on_loop_pipeline():
+            return False
         with self.channel.conn_or_acquire() as client:
             sha = self.channel.script(client, "release", _RELEASE_SCRIPT).sha
 
