@@ -14,7 +14,7 @@ import redis
 from greenlet import greenlet
 
 from pkg.celery_task._loop import EventLoopThread
-from pkg.celery_task.worker.greenio import GreenPipeline, deferred, pipelined
+from pkg.celery_task.worker.greenio import GreenPipeline, deferred, pause, pipelined
 from tests.support.services import RedisDb
 
 pytestmark = pytest.mark.integration
@@ -119,3 +119,31 @@ def test_the_hubs_deferred_writes_go_out_with_the_turn_and_fall_back_when_they_f
     assert client.get(f"acked-{unique}") == b"1"
     assert fallbacks == ["gone"]
     assert deferred(client, lambda pipe: pipe.ping(), lambda: None) is False  # not the hub
+
+
+def test_a_tracers_pause_lets_the_loop_run_other_tasks(loop_thread: EventLoopThread) -> None:
+    """A retry backoff in a tracer (the store waiting out Redis's out-of-memory state)
+    pauses that tracer only: other loop tasks go on meanwhile."""
+    loop = loop_thread.loop
+    ticks: list[int] = []
+    during: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.run_coroutine_threadsafe(ticker(), loop)
+    batch = GreenPipeline(loop)
+
+    def tracer_body() -> str:
+        before = len(ticks)
+        pause(0.3)
+        during.append(len(ticks) - before)
+        return "resumed"
+
+    try:
+        assert _run_tracers(loop, batch, [tracer_body]) == ["resumed"]
+    finally:
+        ticking.cancel()
+    assert during[0] >= 3, during  # with a blocking sleep the ticker could not have run at all

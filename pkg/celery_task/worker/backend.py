@@ -14,7 +14,8 @@ atomic round trip, and writes STARTED only for tasks that are still running.
   final state (also one another process wrote, like the API's REVOKED) is never
   replaced by a state that is not final.
 - When Redis is out of memory (``maxmemory``, ``noeviction``) a store is retried with
-  capped backoff for ``tasksys_store_oom_retry_period`` seconds (default 600). If it
+  capped backoff for ``tasksys_store_oom_retry_period`` seconds (default 600; on the
+  asyncio pool only the waiting task pauses, not the loop). If it
   still cannot be stored, a pool process exits instead of reporting: its message is
   then requeued (``reject_on_worker_lost``) rather than acknowledged with its result
   lost. Celery itself retries only connection errors, and an out-of-memory answer
@@ -39,7 +40,7 @@ from celery.exceptions import BackendStoreError
 
 from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
-from .greenio import on_loop_pipeline, pipelined
+from .greenio import on_loop_pipeline, pause, pipelined
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
@@ -173,7 +174,7 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
                         deadline - now,
                     )
                     warned_at = now
-                time.sleep(min(delay, max(deadline - now, 0.0)))
+                pause(min(delay, max(deadline - now, 0.0)))
                 delay = min(delay * 2, 2.0)
 
     def _store_many_unless_success(self, batch: list[tuple[Any, ...]]) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pipelined"]
+__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pause", "pipelined"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,26 @@ class GreenPipeline:
         self.commands += len(sent)
         for index, start, end in spans:
             replies[index] = sent[start:end]
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds``; in a tracer greenlet on the loop, only that tracer waits (a
+    retry's backoff there would otherwise stop every task of the process)."""
+    current = getcurrent()
+    batch = getattr(current, "green_pipeline", None)
+    if batch is None or current.parent is None:
+        time.sleep(seconds)
+        return
+    batch.loop.call_later(seconds, _resume, current)
+    current.parent.switch()
+
+
+def _resume(tracer: greenlet) -> None:
+    """A loop callback: go on with a paused tracer (what escapes it is logged here)."""
+    try:
+        tracer.switch()
+    except BaseException:  # a loop boundary: one tracer must not stop the loop
+        logger.exception("asyncio pool: a task's tracer raised; its message is not acknowledged")
 
 
 def on_loop_pipeline() -> bool:
