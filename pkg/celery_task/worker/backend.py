@@ -40,7 +40,7 @@ from celery.exceptions import BackendStoreError
 
 from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
-from .greenio import on_loop_pipeline, pause, pipelined
+from .greenio import on_loop_pipeline, pause, pipelined, succeeded
 
 __all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
 
@@ -136,8 +136,7 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
             return False
         sha = self._store_script.sha
         args = (sha, 1, key, value, _seconds(expires), "1" if progress else "0")
-        replies = pipelined(self.client, lambda pipe: pipe.evalsha(*args))
-        return replies is not None and not any(isinstance(reply, Exception) for reply in replies)
+        return succeeded(pipelined(self.client, lambda pipe: pipe.evalsha(*args)))
 
     def _deferred_started(self) -> _DeferredWrites | None:
         delay = options_of(self.app).started_delay

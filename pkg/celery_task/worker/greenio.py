@@ -25,7 +25,7 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pause", "pipelined"]
+__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pause", "pipelined", "resume", "succeeded"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +54,18 @@ class GreenPipeline:
         me = getcurrent()
         if me.parent is None:
             return None
-        self._parked.append((client, commands, me))
-        if len(self._parked) == 1:
-            self.loop.call_soon(self._flush)
+        self._park(client, commands, me)
         replies = me.parent.switch()
         return replies if isinstance(replies, list) else None
 
     def defer(self, client: Any, commands: Commands, fallback: Callable[[], None]) -> None:
         """On the loop thread, outside a tracer (the consumer's hub): send ``commands``
         with this turn's flush, without waiting; if they fail, ``fallback()`` then."""
-        self._parked.append((client, commands, fallback))
+        self._park(client, commands, fallback)
+
+    def _park(self, client: Any, commands: Commands, waiter: greenlet | Callable[[], None]) -> None:
+        """Queue for this turn's flush, which the first caller of the turn schedules."""
+        self._parked.append((client, commands, waiter))
         if len(self._parked) == 1:
             self.loop.call_soon(self._flush)
 
@@ -77,13 +79,13 @@ class GreenPipeline:
             self._send(group, replies)
         for index, (_, _, waiter) in enumerate(parked):
             reply = replies.get(index)
-            try:
-                if isinstance(waiter, greenlet):
-                    waiter.switch(reply)
-                elif reply is None or any(isinstance(item, Exception) for item in reply):
+            if isinstance(waiter, greenlet):
+                resume(waiter, reply)
+            elif not succeeded(reply):
+                try:
                     waiter()
-            except BaseException:  # a loop boundary: one caller's failure must not stop the loop
-                logger.exception("asyncio pool: a pipelined Redis write failed")
+                except Exception:  # a loop boundary: one caller's failure must not stop the loop
+                    logger.exception("asyncio pool: a pipelined Redis write failed")
         if self.after_flush is not None:
             self.after_flush()
 
@@ -114,16 +116,23 @@ def pause(seconds: float) -> None:
     if batch is None or current.parent is None:
         time.sleep(seconds)
         return
-    batch.loop.call_later(seconds, _resume, current)
+    batch.loop.call_later(seconds, resume, current)
     current.parent.switch()
 
 
-def _resume(tracer: greenlet) -> None:
-    """A loop callback: go on with a paused tracer (what escapes it is logged here)."""
+def resume(tracer: greenlet, *args: Any, **kwargs: Any) -> None:
+    """On the loop: switch to ``tracer`` until it parks or ends; what escapes it (a
+    ``BaseException`` the tracer lets through) is logged here, where it would otherwise
+    stop the loop itself."""
     try:
-        tracer.switch()
+        tracer.switch(*args, **kwargs)
     except BaseException:  # a loop boundary: one tracer must not stop the loop
         logger.exception("asyncio pool: a task's tracer raised; its message is not acknowledged")
+
+
+def succeeded(replies: list[Any] | None) -> bool:
+    """True when pipelined commands were sent and none of them answered an error."""
+    return replies is not None and not any(isinstance(reply, Exception) for reply in replies)
 
 
 def on_loop_pipeline() -> bool:

@@ -42,7 +42,7 @@ from greenlet import getcurrent, greenlet
 
 from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
-from .greenio import GreenPipeline
+from .greenio import GreenPipeline, resume
 
 __all__ = ["POOL_PATH", "AsyncioPool", "BLOCKED_LOOP_SECONDS"]
 
@@ -280,20 +280,12 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
     def resume_green(self, tracer: greenlet) -> None:
         """On the loop: let a waiting tracer finish (store, ack), then wake the hub,
         which can fetch again now that a slot is free."""
-        self._switch(tracer)
+        resume(tracer)
         self._wake_hub()
 
     def _wake_hub(self) -> None:
         if self.wake_hub is not None:
             self.wake_hub()
-
-    def _switch(self, tracer: greenlet, *args: Any, **kwargs: Any) -> None:
-        """Switch to ``tracer``; what escapes it (a ``BaseException`` the tracer lets
-        through) is logged here, where it would otherwise stop the loop itself."""
-        try:
-            tracer.switch(*args, **kwargs)
-        except BaseException:
-            logger.exception("asyncio pool: a task's tracer raised; its message is not acknowledged")
 
     def _is_async(self, args: tuple[Any, ...] | None) -> bool:
         """True when the task named in the tracer's ``args`` has an ``async def`` body."""
@@ -307,7 +299,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         tracer = greenlet(self._run_job)
         tracer.task_runner = job.run_coroutine_green
         tracer.green_pipeline = self.green_pipeline
-        self._switch(tracer, job, *run, green=True)
+        resume(tracer, job, *run, green=True)
 
     def _run_job(
         self,

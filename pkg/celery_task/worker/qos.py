@@ -14,7 +14,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from .._compat import held_message, hold_in_memory, raw_payload, release_in_memory, restore_targets
-from .greenio import deferred, on_loop_pipeline, pipelined
+from .greenio import deferred, on_loop_pipeline, pipelined, succeeded
 
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
@@ -172,10 +172,7 @@ class ScriptedQoS(kombu_redis.QoS):
             def commands(pipe: Any) -> None:
                 pipe.evalsha(sha, len(keys), *keys, *args)
 
-            if deferred(client, commands, fallback):
-                return True
-            replies = pipelined(client, commands)
-        return replies is not None and not any(isinstance(reply, Exception) for reply in replies)
+            return deferred(client, commands, fallback) or succeeded(pipelined(client, commands))
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         """Kombu's sweep of messages whose holder stopped beating; while Redis is out of
