@@ -124,6 +124,9 @@ class CelerySettings(BaseSettings):
     revoke_expires: int = Field(3 * 86400, gt=0)
     visibility_timeout: int = Field(30, ge=5)
     soft_shutdown_timeout: float = Field(0.0, ge=0)
+    #: Asyncio pool: loop lag (s) above which a worker takes no more messages than it
+    #: runs (0: up to the prefetch limit at once, as Celery does).
+    asyncio_lag_target: float = Field(0.05, ge=0, le=10)
     profile: Literal["default", "throughput"] = "default"
     #: ``stock``: file priorities on stock kombu's four steps, so plain Celery workers
     #: sharing the Redis consume every priority (see the README's mixed deployments).

@@ -104,6 +104,7 @@ def build_celery_client(settings: Settings) -> CeleryClient:
         task_time_limit=settings.celery.task_time_limit,
         result_expires=settings.celery.result_expires,
         tasksys_revoke_expires=settings.celery.revoke_expires,
+        tasksys_asyncio_lag_target=settings.celery.asyncio_lag_target,
         broker_transport_options={
             "visibility_timeout": settings.celery.visibility_timeout,
             **(

@@ -64,6 +64,9 @@ class Options:
     store_oom_retry_period: float = 600
     #: Whether this process retries such stores (set in worker processes only).
     store_oom_retry: bool = False
+    #: Asyncio pool: the loop lag (s) above which a worker takes no more messages than
+    #: it runs; 0: it takes up to its prefetch limit at once, as Celery does.
+    asyncio_lag_target: float = 0.05
     #: Seconds between beat's checks that its static entries still exist.
     beat_reseed_interval: float = 5
     #: Seconds beat retries each schedule-store call through a Redis outage.
@@ -90,6 +93,7 @@ class Options:
             "event_flush_interval",
             "started_delay",
             "store_oom_retry_period",
+            "asyncio_lag_target",
             "beat_reseed_interval",
             "beat_redis_retry_period",
         ):

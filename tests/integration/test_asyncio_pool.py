@@ -79,6 +79,27 @@ def test_600_awaiting_tasks_overlap_on_one_worker(aio: AioWorker, client: Celery
     assert elapsed < 30, elapsed
 
 
+def test_a_saturated_loop_takes_no_more_tasks_than_it_can_run(
+    aio: AioWorker, client: CeleryClient, unique: str
+) -> None:
+    """Tasks that each hold the loop 10 ms (CPU) and then await: with all 200 slots
+    taken at once the loop would lag seconds. The fetch window keeps what runs at once
+    well below the concurrency and runs every task; tasks that only await still fill
+    the 200 slots."""
+
+    def peak(spin: float, seconds: float, count: int) -> int:
+        key = f"busy-{spin}-{unique}"
+        request = {"task_name": "aio.busy", "args": [spin, seconds, key], "queue": aio.queue}
+        ids = client.submit_many([request] * count)
+        return max(client.get_result(task_id, timeout=120) for task_id in ids)
+
+    # Without the window (CELERY_ASYNCIO_LAG_TARGET=0): 128-147 at once; with it: 25-30.
+    assert peak(0.01, 0.2, 300) <= 90
+    assert peak(0.0, 1.0, 400) >= 180
+    stats = _pool_stats(client, aio)
+    assert stats["fetch-window-changes"][1] > 0, stats  # it shrank
+
+
 def _check_own_requests(client: CeleryClient, queue: str) -> None:
     ids = [client.submit("aio.whoami", [0.5], queue=queue).id for _ in range(20)]
     for task_id in ids:

@@ -30,6 +30,26 @@ async def nap(seconds: float, key: str) -> float:
     return seconds
 
 
+_running: dict[str, list[int]] = {}
+
+
+@app.task(name="aio.busy", public=True)
+async def busy(spin: float, seconds: float, key: str) -> int:
+    """Hold the loop for ``spin`` seconds (CPU work), then await ``seconds``; return the
+    most tasks of ``key`` this process ran at once so far."""
+    counts = _running.setdefault(key, [0, 0])
+    counts[0] += 1
+    counts[1] = max(counts)
+    try:
+        end = time.perf_counter() + spin
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(seconds)
+    finally:
+        counts[0] -= 1
+    return counts[1]
+
+
 @app.task(name="aio.sync_where", public=True)
 def sync_where() -> str:
     """A sync task: the name of the thread it ran in."""

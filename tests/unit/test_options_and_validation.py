@@ -53,6 +53,8 @@ def test_unknown_tasksys_setting_is_refused_naming_the_accepted_ones() -> None:
     [
         ("tasksys_revoke_expires", -1, "a finite number >= 0"),
         ("tasksys_event_flush_interval", math.nan, "a finite number >= 0"),
+        ("tasksys_asyncio_lag_target", -0.5, "a finite number >= 0"),
+        ("tasksys_asyncio_lag_target", math.inf, "a finite number >= 0"),
         ("tasksys_dead_letter_max", 0, "a whole number >= 1"),
         ("tasksys_async_max_connections", True, "a whole number >= 1"),
         ("tasksys_store_oom_retry", "yes", "true or false"),

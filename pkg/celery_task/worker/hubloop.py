@@ -22,6 +22,7 @@ from celery.worker import loops, state
 from greenlet import greenlet
 
 from .._compat import hub_poll_fd
+from .qos import ScriptedQoS
 
 __all__ = ["HubOnLoop", "YieldingPoller", "run_hub_on_loop"]
 
@@ -149,10 +150,18 @@ def run_hub_on_loop(pool: Any) -> Callable[..., Any]:
         poller = hub.poller
         hub.poller = YieldingPoller(poller, driver.yield_to)
         pool.wake_hub = driver.wake
+        qos = getattr(getattr(consumer, "channel", None), "qos", None)
+        window = getattr(pool, "fetch_window", None)
+        if window is not None and isinstance(qos, ScriptedQoS):
+            qos.fetch_window = window
         try:
             return driver.run(lambda: loops.asynloop(obj, connection, consumer, blueprint, hub, *rest))
         finally:
             pool.wake_hub = None
+            if isinstance(qos, ScriptedQoS):
+                qos.fetch_window = None
+            if window is not None and not pool.loop.is_closed():
+                pool.loop.call_soon_threadsafe(window.stop)
             if isinstance(hub.poller, YieldingPoller):
                 hub.poller = poller
 

@@ -42,7 +42,9 @@ from greenlet import getcurrent, greenlet
 
 from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
+from .._options import options_of
 from .greenio import GreenPipeline, resume
+from .window import FetchWindow
 
 __all__ = ["POOL_PATH", "AsyncioPool", "BLOCKED_LOOP_SECONDS"]
 
@@ -228,6 +230,8 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         self.traced_in_threads = 0
         #: Result stores and acks of the tracers on the loop, one pipeline per turn.
         self.green_pipeline: GreenPipeline | None = None
+        #: How many messages the hub on the loop may take now (None: the prefetch limit).
+        self.fetch_window: FetchWindow | None = None
         self.max_memory_kb = self.options.get("max_memory_per_child") or 0
 
     @property
@@ -239,6 +243,11 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
         """Start the loop (if the hooks have not), the executor and the watchdog."""
         self.loop_thread.start()
         self.green_pipeline = GreenPipeline(self.loop, after_flush=self._wake_hub)
+        target = options_of(self.app).asyncio_lag_target if self.app is not None else 0.0
+        if target > 0:
+            self.fetch_window = FetchWindow(
+                self.loop, int(self.limit), target, lambda: len(self.jobs), on_room=self._wake_hub
+            )
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.limit, thread_name_prefix="tasksys-aio"
         )
@@ -431,6 +440,14 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
                 "traced-in-threads": self.traced_in_threads,
                 "pipelined-writes": getattr(self.green_pipeline, "commands", 0),
                 "pipelined-round-trips": getattr(self.green_pipeline, "flushes", 0),
+            }
+        )
+        window = self.fetch_window
+        info.update(
+            {
+                "fetch-window": None if window is None else window.size,
+                "loop-lag": None if window is None else round(window.lag, 4),
+                "fetch-window-changes": None if window is None else [window.grown, window.shrunk],
             }
         )
         return info

@@ -18,6 +18,7 @@ from .greenio import deferred, on_loop_pipeline, pipelined, succeeded
 
 if TYPE_CHECKING:
     from .transport import PriorityRedisChannel
+    from .window import FetchWindow
 
 __all__ = [
     "ALLOW_OOM",
@@ -97,6 +98,27 @@ class ScriptedQoS(kombu_redis.QoS):
         #: Tags the channel's fetch script recorded as unacked already, while their
         #: delivery runs: ``append`` then only notes them in memory.
         self._recorded: set[str] = set()
+        #: The asyncio pool's :class:`~.window.FetchWindow` while its hub runs on the
+        #: loop: a fetch then takes no more than the window has room for.
+        self.fetch_window: FetchWindow | None = None
+
+    def can_consume(self) -> bool:
+        """kombu's prefetch check, and room in the fetch window to start a fetch (a
+        fetch already sent is always read)."""
+        window = self.fetch_window
+        if window is None or self.channel.polling():
+            return bool(super().can_consume())  # type: ignore[no-untyped-call]
+        return bool(super().can_consume()) and window.room() > 0  # type: ignore[no-untyped-call]
+
+    def can_consume_max_estimate(self) -> int | None:
+        """How many messages one fetch may take: kombu's prefetch room, capped by the
+        fetch window's (None: no limit)."""
+        estimate: int | None = super().can_consume_max_estimate()  # type: ignore[no-untyped-call]
+        window = self.fetch_window
+        if window is None:
+            return estimate
+        room = window.room()
+        return room if estimate is None else min(estimate, room)
 
     def note_held(self, delivery_tag: str) -> None:
         """The message under ``delivery_tag`` is recorded as unacked in Redis already."""

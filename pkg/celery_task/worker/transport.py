@@ -176,6 +176,10 @@ class PriorityRedisChannel(kombu_redis.Channel):
         self._no_ack_queues &= set(self.active_queues)
         return found
 
+    def polling(self) -> bool:
+        """A poll (fetch or idle wait) was sent and its reply is not read yet."""
+        return self._poll_mode is not None
+
     def _atomic_fetch(self) -> bool:
         """Fetch with the script (not with kombu's BRPOP): always, except under a
         ``global_keyprefix``, whose prefixing kombu applies to BRPOP only."""
