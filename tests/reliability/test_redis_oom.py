@@ -8,11 +8,13 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
-from tests.reliability.conftest import Ledger, worker_and_beat
+from tests.reliability.conftest import Ledger, client_for, worker_and_beat
 from tests.support.hardening_tasks import read_runs
-from tests.support.procs import wait_for
+from tests.support.procs import ManagedProcess, service_env, wait_for, worker_argv
+from tests.support.services import private_redis
 
 
 def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, unique: str) -> None:
@@ -77,6 +79,69 @@ def test_redis_out_of_memory_loses_nothing_and_stops_nobody(session_tmp: Path, u
     assert {statuses[i] for i in ledger.accepted} == {"SUCCESS"}, statuses
     assert figures["lost"] == 0 and figures["duplicated"] == 0
     assert worker_code == 0 and beat_code == 0, (worker_code, beat_code)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "asyncio"])
+def test_a_store_refused_past_the_retry_period_requeues_the_task(
+    session_tmp: Path, unique: str, pool: str
+) -> None:
+    """Redis refuses a task's result store for longer than the retry period (2 s here,
+    600 s by default): its message is requeued, not acknowledged without a result; the
+    task runs again and its result is stored once memory is back; the worker process
+    stays up. On prefork the pool process exits; on the asyncio pool (a sync and an
+    ``async def`` task) the pool reports the job lost."""
+    from tests.support.hardening_tasks import INCLUDE
+
+    name = f"oom-give-up-{pool}-{unique}"
+    runs_file = session_tmp / f"{name}-runs.txt"
+    with private_redis() as server:
+        env = service_env(
+            server.url,
+            database_url=f"sqlite+aiosqlite:///{session_tmp}/{name}.db",
+            extra={"CELERY_EXTRA_INCLUDE": INCLUDE, "TASKSYS_TEST_OOM_RETRY_PERIOD": "2"},
+        )
+        argv = worker_argv(
+            queues=["default"],
+            hostname=f"{name}@%h",
+            concurrency=2,
+            pool="custom" if pool == "asyncio" else "prefork",
+        )
+        argv[argv.index("-A") + 1] = "tests.support.short_oom_retry.app"
+        worker = ManagedProcess(name, argv, env, session_tmp / name).start()
+        admin = redis.Redis.from_url(server.url, socket_timeout=10)
+        client = client_for(server.url)
+        try:
+            worker.wait_for_log(r"\bready\.", timeout=60)
+            names = ["tests.hardening.append_file"]
+            if pool == "asyncio":
+                names.append("tests.hardening.append_file_async")
+            admin.config_set("maxmemory-policy", "noeviction")
+            ids = [client.submit(task, [str(runs_file), 1500]).id for task in names]
+            started = lambda: all(client.get_status(i) == "STARTED" for i in ids)  # noqa: E731
+            wait_for(started, timeout=30, what="the tasks to start")
+            admin.setrange(f"ballast-{unique}", 2_000_000, "x")
+            _fill_up(admin, unique)
+            # Each run ends 1.5 s in; its store is refused for 2 s, then the message is
+            # requeued (the requeue only moves data, so Redis takes it) and runs again.
+            wait_for(
+                lambda: all(read_runs(runs_file).count(i) >= 2 for i in ids),
+                timeout=60,
+                interval=0.5,
+                what="every task to run again",
+            )
+            assert worker.alive()
+            admin.config_set("maxmemory", "0")
+            assert [client.get_result(i, timeout=60) for i in ids] == ids
+            assert client.get_statuses(ids) == dict.fromkeys(ids, "SUCCESS")
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                admin.config_set("maxmemory", "0")
+            code = worker.stop()
+            admin.close()
+            client.close()
+    log = worker.log()
+    assert "cannot be stored" in log and "requeued" in log, log[-3000:]
+    assert code == 0, code
 
 
 def _fill_up(admin: redis.Redis, unique: str) -> None:

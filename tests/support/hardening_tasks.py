@@ -6,6 +6,7 @@ Redis refuses writes (out of memory)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -35,6 +36,19 @@ def append_file(self: Any, path: str, ms: float = 0.0) -> str:
     """Work ``ms`` milliseconds, then append this run's task id to the file ``path``
     (one ``write`` of one line with O_APPEND: lines from several processes never mix)."""
     time.sleep(ms / 1000)
+    line = f"{self.request.id}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return str(self.request.id)
+
+
+@app.task(name="tests.hardening.append_file_async", bind=True, public=True)
+async def append_file_async(self: Any, path: str, ms: float = 0.0) -> str:
+    """:func:`append_file` with an ``async def`` body that awaits its ``ms``."""
+    await asyncio.sleep(ms / 1000)
     line = f"{self.request.id}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

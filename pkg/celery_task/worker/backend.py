@@ -16,9 +16,11 @@ atomic round trip, and writes STARTED only for tasks that are still running.
 - When Redis is out of memory (``maxmemory``, ``noeviction``) a store is retried with
   capped backoff for ``tasksys_store_oom_retry_period`` seconds (default 600; on the
   asyncio pool only the waiting task pauses, not the loop). If it
-  still cannot be stored, a pool process exits instead of reporting: its message is
-  then requeued (``reject_on_worker_lost``) rather than acknowledged with its result
-  lost. Celery itself retries only connection errors, and an out-of-memory answer
+  still cannot be stored, a prefork pool process exits instead of reporting, and on
+  the pools that run tasks in the worker process (asyncio, threads, solo) the store
+  raises :class:`ResultStoreGaveUp`, which the pool reports as a lost job: either way
+  the message is requeued (``reject_on_worker_lost``) rather than acknowledged with
+  its result lost. Celery itself retries only connection errors, and an out-of-memory answer
   stored nothing and acknowledged the message anyway.
 """
 
@@ -42,7 +44,7 @@ from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
 from .greenio import on_loop_pipeline, pause, pipelined, succeeded
 
-__all__ = ["STORE_FAILED_EXIT", "TimedRedisBackend"]
+__all__ = ["STORE_FAILED_EXIT", "ResultStoreGaveUp", "TimedRedisBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,14 @@ DEFERRED_COALESCE = 0.25
 
 #: Exit status of a pool process that could not store a result (EX_TEMPFAIL).
 STORE_FAILED_EXIT = 75
+
+
+class ResultStoreGaveUp(BaseException):
+    """Redis refused a task's result store for lack of memory for longer than the retry
+    period. Not an ``Exception``: Celery's tracer neither records nor acknowledges it,
+    and the pool reports the job lost, so its message is requeued (Celery's own pools
+    turn it into ``WorkerLostError``; the asyncio pool does the same)."""
+
 
 #: KEYS[1] result key; ARGV[1] encoded meta; ARGV[2] expiry in seconds (0: none);
 #: ARGV[3] '1' when the state written is not final (STARTED, PROGRESS, RETRY...).
@@ -149,7 +159,9 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
             )
         return deferred
 
-    def _store_unless_success(self, key: bytes, value: str, expires: Any, progress: bool = False) -> None:
+    def _store_unless_success(
+        self, key: bytes, value: str, expires: Any, progress: bool = False, give_up: bool = True
+    ) -> None:
         seconds = _seconds(expires)
         # Only workers wait for memory; a producer (the API's revoke) answers at once.
         options = options_of(self.app)
@@ -163,7 +175,8 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
             except redis.exceptions.OutOfMemoryError as exc:
                 now = time.monotonic()
                 if now >= deadline:
-                    self._give_up_store(key, exc)
+                    if give_up and options.store_oom_retry:
+                        self._give_up_store(key, exc)
                     raise
                 if now - warned_at >= 10:
                     logger.warning(
@@ -189,15 +202,17 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         failed: Exception | None = None
         for args, reply in zip(batch, replies, strict=True):
             if isinstance(reply, redis.exceptions.OutOfMemoryError):
-                self._store_unless_success(*args)
+                # A STARTED state: past the retry period it is reported, not given up on.
+                key, value, expires, progress = args
+                self._store_unless_success(key, value, expires, progress, give_up=False)
             elif isinstance(reply, Exception):
                 failed = failed or reply
         if failed is not None:
             raise failed
 
     def _give_up_store(self, key: bytes, exc: Exception) -> None:
-        """In a pool process, exit so the worker requeues the message; elsewhere the
-        error is raised to the caller."""
+        """In a worker, end the job so its message is requeued: a prefork pool process
+        exits; elsewhere :class:`ResultStoreGaveUp` is raised to the pool."""
         if current_process().name.startswith("ForkPoolWorker"):
             logger.critical(
                 "Redis stayed out of memory; the result of %r cannot be stored (%s). This pool "
@@ -206,6 +221,10 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
                 exc,
             )
             os._exit(STORE_FAILED_EXIT)
+        raise ResultStoreGaveUp(
+            f"Redis stayed out of memory; the result of {key!r} cannot be stored ({exc}); "
+            "its message is requeued, not acknowledged without a result"
+        ) from exc
 
     @property
     def _store_script(self) -> Any:

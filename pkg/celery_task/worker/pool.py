@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
+from billiard.exceptions import WorkerLostError
 from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from greenlet import getcurrent, greenlet
@@ -43,6 +44,7 @@ from greenlet import getcurrent, greenlet
 from .._compat import base_pool_info
 from .._loop import process_loop, task_coroutine_runner
 from .._options import options_of
+from .backend import ResultStoreGaveUp
 from .greenio import GreenPipeline, resume
 from .window import FetchWindow
 
@@ -54,6 +56,15 @@ logger = logging.getLogger(__name__)
 POOL_PATH = "pkg.celery_task.worker.pool:AsyncioPool"
 #: A loop that has not run a callback for this long is reported as blocked.
 BLOCKED_LOOP_SECONDS = 0.5
+
+
+def _lost(exc: BaseException) -> ExceptionInfo:
+    """``exc`` reported as Celery's ``WorkerLostError``: the request then requeues its
+    message (``task_reject_on_worker_lost``), as when a prefork child dies."""
+    try:
+        raise WorkerLostError(str(exc)) from exc
+    except WorkerLostError:
+        return ExceptionInfo()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -332,13 +343,17 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
             except _Stopped:
                 logger.info("task %s stopped by the pool; its message is not acknowledged here", job.name)
                 return
+            except ResultStoreGaveUp as exc:
+                logger.critical("task %s: %s", job.name, exc)
+                ret = (1, _lost(exc), 0.0)
             except Exception:
                 logger.exception("task %s: the tracer raised", job.name)
-                if callback is not None:
-                    callback((1, ExceptionInfo(), 0.0))
-                return
+                ret = (1, ExceptionInfo(), 0.0)
             if callback is not None:
-                callback(ret)
+                try:
+                    callback(ret)
+                except ResultStoreGaveUp as exc:  # its failure state could not be stored either
+                    logger.critical("task %s: %s", job.name, exc)
         finally:
             if not green:
                 task_coroutine_runner(None)
