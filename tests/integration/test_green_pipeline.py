@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from typing import Any
 
 import pytest
 import redis
+from celery import states
 from greenlet import greenlet
 
 from pkg.celery_task._loop import EventLoopThread
 from pkg.celery_task.worker.greenio import GreenPipeline, deferred, pause, pipelined
-from tests.support.services import RedisDb
+from tests.support.services import RedisDb, private_redis
 
 pytestmark = pytest.mark.integration
 
 
-def _run_tracers(loop: asyncio.AbstractEventLoop, batch: GreenPipeline, bodies: list[Any]) -> list[Any]:
+def _run_tracers(
+    loop: asyncio.AbstractEventLoop, batch: GreenPipeline, bodies: list[Any], timeout: float = 10
+) -> list[Any]:
     """Start one tracer greenlet per body in the same loop turn; their results."""
     done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
     results: list[Any] = [None] * len(bodies)
@@ -39,7 +43,7 @@ def _run_tracers(loop: asyncio.AbstractEventLoop, batch: GreenPipeline, bodies: 
             tracer.switch()
 
     loop.call_soon_threadsafe(start)
-    return done.result(10)
+    return done.result(timeout)
 
 
 def test_tracers_of_one_turn_share_a_round_trip_and_get_their_own_replies(
@@ -147,3 +151,49 @@ def test_a_tracers_pause_lets_the_loop_run_other_tasks(loop_thread: EventLoopThr
     finally:
         ticking.cancel()
     assert during[0] >= 3, during  # with a blocking sleep the ticker could not have run at all
+
+
+def test_a_tracers_store_retry_through_a_redis_restart_lets_the_loop_run(
+    loop_thread: EventLoopThread, unique: str
+) -> None:
+    """While Redis is down, Celery's retry of a result store backs off between tries;
+    in a tracer greenlet only that tracer waits (other loop tasks go on), and the store
+    lands once Redis is back."""
+    from pkg.celery_task.worker.hooks import _use_worker_backend_retries
+    from tests.reliability.conftest import client_for
+
+    loop = loop_thread.loop
+    ticks: list[int] = []
+    during: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+
+    with private_redis() as server:
+        client = client_for(server.url)
+        _use_worker_backend_retries(client.app)  # as in a worker: up to 60 tries, 1 s apart
+        backend = client.app.backend
+        backend.store_result(f"warm-{unique}", 1, states.SUCCESS)  # connected once
+        server.stop()
+        restart = threading.Timer(1.5, server.start)
+        batch = GreenPipeline(loop)
+
+        def tracer_body() -> str:
+            before = len(ticks)
+            backend.store_result(f"through-{unique}", 42, states.SUCCESS)
+            during.append(len(ticks) - before)
+            return "stored"
+
+        ticking = asyncio.run_coroutine_threadsafe(ticker(), loop)
+        restart.start()
+        try:
+            assert _run_tracers(loop, batch, [tracer_body], timeout=30) == ["stored"]
+        finally:
+            ticking.cancel()
+            restart.join()
+        assert backend.get_task_meta(f"through-{unique}")["result"] == 42
+        client.close()
+    # Redis was down for 1.5 s at least; a blocking backoff would have stopped the ticker.
+    assert during[0] >= 50, during

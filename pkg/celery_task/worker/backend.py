@@ -39,10 +39,11 @@ from billiard.process import current_process
 from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.exceptions import BackendStoreError
+from kombu.utils.functional import fxrange
 
 from .._compat import celery_result_meta, celery_store_result, max_result_size
 from .._options import options_of
-from .greenio import on_loop_pipeline, pause, pipelined, succeeded
+from .greenio import in_tracer, on_loop_pipeline, pause, pipelined, succeeded
 
 __all__ = ["STORE_FAILED_EXIT", "ResultStoreGaveUp", "TimedRedisBackend"]
 
@@ -138,6 +139,28 @@ class TimedRedisBackend(CeleryRedisBackend):  # type: ignore[misc]
         if not self._store_pipelined(key, value, expires, progress):
             self.ensure(self._store_unless_success, (key, value, expires, progress))
         return result
+
+    def ensure(self, fun: Callable[..., Any], args: Any, **policy: Any) -> Any:
+        """Celery's retry of a call through connection errors, with the same policy and
+        log; in a tracer greenlet of the asyncio pool its backoff pauses that tracer
+        only (Celery's sleeps the loop thread, and every task of the process with it)."""
+        if not in_tracer():
+            return super().ensure(fun, args, **policy)
+        retry = dict(self.retry_policy, **policy)
+        max_retries = retry.get("max_retries")
+        longest = float(retry.get("interval_max", 1))
+        start = float(retry.get("interval_start", 0))
+        steps = fxrange(start, longest + start, float(retry.get("interval_step", 1)), repeatlast=True)  # type: ignore[no-untyped-call]
+        intervals = (min(value, longest) for value in steps)
+        retries = 0
+        while True:
+            try:
+                return fun(*args)
+            except self.connection_errors as exc:
+                if max_retries is not None and retries >= max_retries:
+                    raise
+                pause(min(float(self.on_connection_error(max_retries, exc, intervals, retries)), longest))
+                retries += 1
 
     def _store_pipelined(self, key: bytes, value: str, expires: Any, progress: bool) -> bool:
         """In a tracer greenlet of the asyncio pool: the store, sent with the other

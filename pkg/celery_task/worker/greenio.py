@@ -25,7 +25,16 @@ from typing import Any
 
 from greenlet import getcurrent, greenlet
 
-__all__ = ["GreenPipeline", "deferred", "on_loop_pipeline", "pause", "pipelined", "resume", "succeeded"]
+__all__ = [
+    "GreenPipeline",
+    "deferred",
+    "in_tracer",
+    "on_loop_pipeline",
+    "pause",
+    "pipelined",
+    "resume",
+    "succeeded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +117,21 @@ class GreenPipeline:
             replies[index] = sent[start:end]
 
 
+def in_tracer() -> bool:
+    """True in a tracer greenlet on the asyncio pool's loop (where :func:`pause` waits
+    without stopping the loop)."""
+    current = getcurrent()
+    return getattr(current, "green_pipeline", None) is not None and current.parent is not None
+
+
 def pause(seconds: float) -> None:
     """Sleep ``seconds``; in a tracer greenlet on the loop, only that tracer waits (a
     retry's backoff there would otherwise stop every task of the process)."""
-    current = getcurrent()
-    batch = getattr(current, "green_pipeline", None)
-    if batch is None or current.parent is None:
+    if not in_tracer():
         time.sleep(seconds)
         return
-    batch.loop.call_later(seconds, resume, current)
+    current = getcurrent()
+    current.green_pipeline.loop.call_later(seconds, resume, current)
     current.parent.switch()
 
 
