@@ -125,19 +125,20 @@ def test_the_hubs_deferred_writes_go_out_with_the_turn_and_fall_back_when_they_f
     assert deferred(client, lambda pipe: pipe.ping(), lambda: None) is False  # not the hub
 
 
+async def _ticker(ticks: list[int]) -> None:
+    """A loop task that counts its turns every 10 ms (it stops when the loop is held)."""
+    while True:
+        ticks.append(1)
+        await asyncio.sleep(0.01)
+
+
 def test_a_tracers_pause_lets_the_loop_run_other_tasks(loop_thread: EventLoopThread) -> None:
     """A retry backoff in a tracer (the store waiting out Redis's out-of-memory state)
     pauses that tracer only: other loop tasks go on meanwhile."""
     loop = loop_thread.loop
     ticks: list[int] = []
     during: list[int] = []
-
-    async def ticker() -> None:
-        while True:
-            ticks.append(1)
-            await asyncio.sleep(0.01)
-
-    ticking = asyncio.run_coroutine_threadsafe(ticker(), loop)
+    ticking = asyncio.run_coroutine_threadsafe(_ticker(ticks), loop)
     batch = GreenPipeline(loop)
 
     def tracer_body() -> str:
@@ -165,12 +166,6 @@ def test_a_tracers_store_retry_through_a_redis_restart_lets_the_loop_run(
     loop = loop_thread.loop
     ticks: list[int] = []
     during: list[int] = []
-
-    async def ticker() -> None:
-        while True:
-            ticks.append(1)
-            await asyncio.sleep(0.01)
-
     with private_redis() as server:
         client = client_for(server.url)
         _use_worker_backend_retries(client.app)  # as in a worker: up to 60 tries, 1 s apart
@@ -186,7 +181,7 @@ def test_a_tracers_store_retry_through_a_redis_restart_lets_the_loop_run(
             during.append(len(ticks) - before)
             return "stored"
 
-        ticking = asyncio.run_coroutine_threadsafe(ticker(), loop)
+        ticking = asyncio.run_coroutine_threadsafe(_ticker(ticks), loop)
         restart.start()
         try:
             assert _run_tracers(loop, batch, [tracer_body], timeout=30) == ["stored"]

@@ -31,31 +31,29 @@ if _tick_file:
     }
 
 
-@app.task(name="tests.hardening.append_file", bind=True, public=True)
-def append_file(self: Any, path: str, ms: float = 0.0) -> str:
-    """Work ``ms`` milliseconds, then append this run's task id to the file ``path``
-    (one ``write`` of one line with O_APPEND: lines from several processes never mix)."""
-    time.sleep(ms / 1000)
-    line = f"{self.request.id}\n".encode()
+def _append_line(path: str, task_id: str) -> str:
+    """Append ``task_id`` to the file ``path`` in one ``write`` of one line with
+    O_APPEND (lines from several processes never mix)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, f"{task_id}\n".encode())
     finally:
         os.close(fd)
-    return str(self.request.id)
+    return task_id
+
+
+@app.task(name="tests.hardening.append_file", bind=True, public=True)
+def append_file(self: Any, path: str, ms: float = 0.0) -> str:
+    """Work ``ms`` milliseconds, then append this run's task id to the file ``path``."""
+    time.sleep(ms / 1000)
+    return _append_line(path, str(self.request.id))
 
 
 @app.task(name="tests.hardening.append_file_async", bind=True, public=True)
 async def append_file_async(self: Any, path: str, ms: float = 0.0) -> str:
     """:func:`append_file` with an ``async def`` body that awaits its ``ms``."""
     await asyncio.sleep(ms / 1000)
-    line = f"{self.request.id}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-    return str(self.request.id)
+    return _append_line(path, str(self.request.id))
 
 
 @app.task(name="tests.hardening.accept", bind=True, public=True)
