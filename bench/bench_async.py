@@ -181,12 +181,21 @@ def main() -> int:
         default=2000,
         help="httpx max_keepalive_connections of the task bodies (default 2000: never closes one)",
     )
+    parser.add_argument(
+        "--lag-target",
+        type=float,
+        default=None,
+        help="CELERY_ASYNCIO_LAG_TARGET of our asyncio workers (default: the setting's; 0: no fetch window)",
+    )
     args = parser.parse_args()
     total = 2000 if args.quick else 10_000
     slow_total = 200 if args.quick else 1000  # prefork at 4 x 20/s: its rate, not its full drain
     command = "python -m bench.bench_async" + (" --quick" if args.quick else "")
     if args.http_keepalive != 2000:
         command += f" --http-keepalive {args.http_keepalive}"
+    lag = {} if args.lag_target is None else {"CELERY_ASYNCIO_LAG_TARGET": str(args.lag_target)}
+    if args.lag_target is not None:
+        command += f" --lag-target {args.lag_target}"
     report = Report("bench_async", command)
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-async-{os.getpid()}"
     port = free_port()
@@ -200,6 +209,7 @@ def main() -> int:
                 redis_server,
                 CELERY_EXTRA_INCLUDE="bench.tasks,bench.async_tasks",
                 BENCH_HTTP_KEEPALIVE=str(args.http_keepalive),
+                **lag,
             ) as env,
         ):
             db = redis.Redis.from_url(redis_server.url)
