@@ -152,14 +152,15 @@ def run_hub_on_loop(pool: Any) -> Callable[..., Any]:
         pool.wake_hub = driver.wake
         qos = getattr(getattr(consumer, "channel", None), "qos", None)
         window = getattr(pool, "fetch_window", None)
-        if window is not None and isinstance(qos, ScriptedQoS):
-            qos.fetch_window = window
+        gated = qos if window is not None and isinstance(qos, ScriptedQoS) else None
+        if gated is not None:
+            gated.fetch_window = window
         try:
             return driver.run(lambda: loops.asynloop(obj, connection, consumer, blueprint, hub, *rest))
         finally:
             pool.wake_hub = None
-            if isinstance(qos, ScriptedQoS):
-                qos.fetch_window = None
+            if gated is not None:
+                gated.fetch_window = None
             if window is not None and not pool.loop.is_closed():
                 pool.loop.call_soon_threadsafe(window.stop)
             if isinstance(hub.poller, YieldingPoller):

@@ -446,6 +446,7 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
 
     def _get_info(self) -> dict[str, Any]:
         info = base_pool_info(self)
+        window = self.fetch_window
         info.update(
             {
                 "max-concurrency": self.limit,
@@ -455,11 +456,6 @@ class AsyncioPool(BasePool):  # type: ignore[misc]
                 "traced-in-threads": self.traced_in_threads,
                 "pipelined-writes": getattr(self.green_pipeline, "commands", 0),
                 "pipelined-round-trips": getattr(self.green_pipeline, "flushes", 0),
-            }
-        )
-        window = self.fetch_window
-        info.update(
-            {
                 "fetch-window": None if window is None else window.size,
                 "loop-lag": None if window is None else round(window.lag, 4),
                 "fetch-window-changes": None if window is None else [window.grown, window.shrunk],

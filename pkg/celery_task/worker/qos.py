@@ -105,10 +105,11 @@ class ScriptedQoS(kombu_redis.QoS):
     def can_consume(self) -> bool:
         """kombu's prefetch check, and room in the fetch window to start a fetch (a
         fetch already sent is always read)."""
+        allowed = bool(super().can_consume())  # type: ignore[no-untyped-call]
         window = self.fetch_window
-        if window is None or self.channel.polling():
-            return bool(super().can_consume())  # type: ignore[no-untyped-call]
-        return bool(super().can_consume()) and window.room() > 0  # type: ignore[no-untyped-call]
+        if not allowed or window is None or self.channel.polling():
+            return allowed
+        return window.room() > 0
 
     def can_consume_max_estimate(self) -> int | None:
         """How many messages one fetch may take: kombu's prefetch room, capped by the
